@@ -1,0 +1,170 @@
+"""Self-supervised pretraining: one method-agnostic loop over any registered method."""
+from __future__ import annotations
+
+import math
+import pathlib
+import time
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from sslx import config as config_lib
+from sslx import data, metrics, optim, parallel
+from sslx.checkpoint import Checkpointer
+from sslx.evaluators.features import extract_features
+from sslx.evaluators.linear import linear_probe
+from sslx.methods import Method, build_method
+from sslx.train import TrainState, create_train_state, make_train_step
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+def resolve_steps(config: ml_collections.ConfigDict, num_examples: int) -> tuple[int, int]:
+    """(total_steps, warmup_steps) from explicit steps or from epochs of the training split."""
+    steps_per_epoch = max(num_examples // config.batch_size, 1)
+    total = config.total_steps if config.total_steps > 0 else math.ceil(config.epochs * steps_per_epoch)
+    warmup = (config.optim.warmup_steps if config.optim.warmup_steps >= 0
+              else round(config.optim.warmup_epochs * steps_per_epoch))
+    return total, min(warmup, total)
+
+
+def check_finite(step: int, loss: float, checkpointer: Checkpointer) -> None:
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(
+            f"non-finite loss ({loss}) at step {step}; stopped without saving it, the last good checkpoint is "
+            f"step {checkpointer.latest_step()} in {checkpointer.directory}. Lower config.optim.base_lr or "
+            f"use config.model.dtype='float32'.")
+
+
+class Pretraining:
+    """Everything built from the config before the first compile: errors surface here, not mid-run."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+        config_lib.validate(config)
+        self.config = config
+        self.workdir = pathlib.Path(workdir)
+        self.mesh = parallel.make_mesh()
+        parallel.check_divisible(config.batch_size, self.mesh.size)
+        self.train_info = data.describe(config.data, config.data.train_split)
+        self.specs = data.spec_from_config(config.augment)
+        self.total_steps, warmup = resolve_steps(config, self.train_info.num_examples)
+        peak_lr = optim.peak_learning_rate(config.optim.base_lr, config.batch_size, config.optim.lr_scaling)
+        self.schedule = optim.warmup_cosine(peak_lr, warmup, self.total_steps)
+        self.optimizer = optim.make_optimizer(config.optim, self.schedule)
+        self.method: Method = build_method(config, self.train_info.num_classes)
+        self.method.network(None)  # builds encoder/head: an unknown model name fails here
+        self.init_rng, self.step_rng = jax.random.split(jax.random.key(config.seed))
+
+    def initial_state(self) -> TrainState:
+        size = self.config.data.image_size
+        sample = jnp.zeros((2, size, size, 3), jnp.float32)
+        state = jax.jit(create_train_state, static_argnums=(0, 1))(
+            self.method, self.optimizer, self.init_rng, sample)
+        return parallel.replicate(state, self.mesh)
+
+    def batches(self, start_step: int) -> Iterator[dict]:
+        # A resumed run reshuffles with a new seed instead of replaying the epoch it started with.
+        return data.pretrain_iterator(
+            self.config.data, self.specs, local_batch=self.config.batch_size // jax.process_count(),
+            image_size=self.config.data.image_size, seed=self.config.seed * 1_000_003 + start_step,
+            process_index=jax.process_index(), process_count=jax.process_count())
+
+
+def _write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+    if metrics.is_chief():
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n", encoding="utf-8")
+
+
+def train(run: Pretraining, checkpointer: Checkpointer, writer: metrics.MetricWriter) -> tuple[TrainState, dict]:
+    """Runs (or resumes) the loop to total_steps; returns the final state and last logged scalars."""
+    config = run.config
+    state = run.initial_state()
+    start = checkpointer.latest_step() or 0
+    if start:
+        state = checkpointer.restore(state)
+        metrics.log(f"resumed from step {start} in {checkpointer.directory}")
+    train_step = make_train_step(run.method, run.optimizer, run.schedule, run.mesh)
+    progress = metrics.Progress(run.total_steps, config.batch_size, first_step=start)
+    batches = run.batches(start)
+    last: dict[str, float] = {}
+    pending: tuple[int, jax.Array] | None = None
+    for step in range(start + 1, run.total_steps + 1):
+        state, step_metrics = train_step(state, parallel.shard_batch(next(batches), run.mesh), run.step_rng)
+        # Checking the previous step's loss keeps one step in flight while still naming the exact step.
+        if pending is not None:
+            check_finite(pending[0], float(pending[1]), checkpointer)
+        pending = (step, step_metrics["loss"])
+        if step % config.log_every_steps == 0 or step == run.total_steps:
+            last = metrics.to_python(step_metrics)
+            check_finite(step, last["loss"], checkpointer)
+            writer.write(step, last)
+            metrics.log(progress.line(step, last["loss"]))
+        if step % config.checkpoint_every_steps == 0 and step != run.total_steps:
+            check_finite(step, float(step_metrics["loss"]), checkpointer)
+            checkpointer.save(step, state)
+    if pending is not None:
+        check_finite(pending[0], float(pending[1]), checkpointer)
+    checkpointer.save(run.total_steps, state, force=True)
+    return state, last
+
+
+def probe_accuracy(run: Pretraining, params: Any, batch_stats: Any) -> dict[str, float]:
+    """Fast linear probe of the frozen encoder: fit on train-split features, report on the eval split."""
+    config = run.config
+    encode = lambda images: run.method.encode(params, batch_stats, images)  # noqa: E731
+    local_batch = parallel.round_up(config.eval.batch_size, run.mesh.size) // jax.process_count()
+
+    def split_features(split: str, max_examples: int):
+        batches = data.eval_iterator(config.data, split, local_batch=local_batch,
+                                     image_size=config.data.image_size, max_examples=max_examples,
+                                     process_index=jax.process_index(), process_count=jax.process_count())
+        return extract_features(encode, batches, run.mesh)
+
+    train_x, train_y = split_features(config.data.train_split, config.eval.probe_train_examples)
+    test_x, test_y = split_features(config.data.eval_split, -1)
+    return linear_probe(train_x, train_y, test_x, test_y, run.train_info.num_classes,
+                        l2=config.eval.probe_l2, steps=config.eval.probe_steps)
+
+
+def evaluate(run: Pretraining, state: TrainState) -> dict[str, float]:
+    """Linear probe of the learned encoder next to the same encoder at its random initialisation."""
+    if not (run.config.eval.linear_probe and run.train_info.num_classes > 0):
+        return {}
+    start = time.perf_counter()
+    learned = probe_accuracy(run, state.params, state.batch_stats)
+    init = run.initial_state()
+    random_init = probe_accuracy(run, init.params, init.batch_stats)
+    metrics.log(f"linear probe top-1: {learned['top1']:.4f} (random-init encoder: {random_init['top1']:.4f}) "
+                f"in {time.perf_counter() - start:.0f} s")
+    return {"linear_probe_top1": learned["top1"], "linear_probe_top5": learned["top5"],
+            "random_init_linear_probe_top1": random_init["top1"],
+            "random_init_linear_probe_top5": random_init["top5"]}
+
+
+def run_pretraining(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """The `sslx-pretrain` stage: train, save, evaluate, write results.json; returns the results."""
+    run = Pretraining(config, workdir)
+    _write_config(config, run.workdir)
+    metrics.log(f"pretraining {config.method} {config.model.name} on {config.data.name}: "
+                f"{run.total_steps} steps at global batch {config.batch_size} on {run.mesh.size} devices")
+    checkpointer = Checkpointer(run.workdir, keep=config.keep_checkpoints, every_steps=config.checkpoint_every_steps)
+    writer = metrics.MetricWriter(run.workdir)
+    start = time.perf_counter()
+    try:
+        state, last = train(run, checkpointer, writer)
+    finally:
+        checkpointer.close()
+        writer.close()
+    results = {"stage": "pretrain", "method": config.method, "model": config.model.name,
+               "dataset": config.data.name, "step": int(jax.device_get(state.step)),
+               "total_steps": run.total_steps, "batch_size": config.batch_size,
+               "train_seconds": round(time.perf_counter() - start, 1), **last}
+    results.update(evaluate(run, state))
+    path = metrics.write_results(run.workdir, results)
+    metrics.log(f"wrote {path}")
+    return results

@@ -1,0 +1,18 @@
+"""Test set-up: 8 simulated CPU devices, set before JAX initialises its backend."""
+import os
+import pathlib
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+SHARED_CIFAR10 = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
+
+
+@pytest.fixture(scope="session")
+def cifar10_dir():
+    """Real CIFAR-10 TFRecords beside the checkout; tests that need them skip where it is absent."""
+    if not (SHARED_CIFAR10 / "labels.txt").exists():
+        pytest.skip(f"real CIFAR-10 not found at {SHARED_CIFAR10} (needs ../shared/data/cifar10 beside the checkout)")
+    return SHARED_CIFAR10

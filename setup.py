@@ -6,7 +6,6 @@ STAGES = {
     "sslx-linear-eval": "sslx.cli:linear_eval",
     "sslx-knn": "sslx.cli:knn",
     "sslx-finetune": "sslx.cli:finetune",
-    "sslx-distill": "sslx.cli:distill",
     "sslx-benchmark": "sslx.cli:benchmark",
 }
 
@@ -22,6 +21,7 @@ setup(
         "optax>=0.2.5",
         "tensorflow-cpu>=2.16",
         "tensorflow-datasets>=4.9",
+        "tensorboard",
         "ml-collections>=1.0",
         "orbax-checkpoint>=0.11",
         "chex>=0.1.89",

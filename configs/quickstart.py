@@ -2,8 +2,8 @@
 
     sslx-pretrain --config configs/quickstart.py --workdir /tmp/sslx-quickstart
 
-A narrow ResNet-18 (CIFAR stem) on 16 px upsampled digits, on whatever devices JAX sees.
-Cost: about 2 minutes on a 2-core CPU. Result: the linear probe of the learned encoder beats the same
+A narrow ResNet-18 (CIFAR stem) on the 8 px digits, on whatever devices JAX sees.
+Cost: about 1.5 minutes on a 2-core CPU (half of it compiling). Result: the linear probe of the learned encoder beats the same
 encoder at random initialisation (both printed and written to results.json).
 """
 from sslx.config import base_config
@@ -12,7 +12,7 @@ from sslx.config import base_config
 def get_config():
     c = base_config()
     c.data.name = "digits"
-    c.data.image_size = 16
+    c.data.image_size = 8             # the digits' native size: upsampling adds compute, not information
     c.data.shuffle_buffer = 2048
     c.augment.preset = "cifar"
     c.augment.crop_area_min = 0.3       # digits are tiny: an 8% crop of an 8x8 image is one stroke

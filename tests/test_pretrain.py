@@ -1,0 +1,130 @@
+"""End-to-end pretraining: resume after an interrupt, non-finite loss, bad input, learning on CIFAR-10."""
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from sslx.config import base_config
+from sslx.stages import pretrain
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def digits_config(total_steps=4):
+    c = base_config()
+    c.data.name = "digits"
+    c.data.image_size = 8
+    c.data.shuffle_buffer = 256
+    c.model.width = 0.125
+    c.head.hidden_dim = 32
+    c.head.out_dim = 16
+    c.batch_size = 32
+    c.total_steps = total_steps
+    c.optim.warmup_steps = 1
+    c.log_every_steps = 1
+    c.checkpoint_every_steps = 2
+    c.eval.linear_probe = False
+    return c
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupt_after(monkeypatch, num_batches):
+    """Makes the input iterator die after `num_batches`, as a pre-empted job would."""
+    original = pretrain.Pretraining.batches
+
+    def dying(self, start_step):
+        source = original(self, start_step)
+        for _ in range(num_batches):
+            yield next(source)
+        raise Interrupted
+
+    monkeypatch.setattr(pretrain.Pretraining, "batches", dying)
+
+
+def test_interrupt_and_resume_continues_the_step_count(tmp_path, monkeypatch):
+    config = digits_config(total_steps=6)
+    interrupt_after(monkeypatch, 5)
+    with pytest.raises(Interrupted):
+        pretrain.run_pretraining(config, str(tmp_path))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["2", "4"]
+    monkeypatch.undo()
+    results = pretrain.run_pretraining(config, str(tmp_path))
+    assert results["step"] == 6
+    logged = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3, 4, 5, 5, 6]   # the resumed run starts after the step-4 checkpoint
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["step"] == 6 and np.isfinite(saved["loss"])
+    assert (tmp_path / "config.json").exists() and any((tmp_path / "tb").iterdir())
+
+
+def test_non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    original = pretrain.Pretraining.batches
+
+    def poisoned(self, start_step):
+        for step, batch in enumerate(original(self, start_step), start=start_step + 1):
+            if step == 3:
+                batch = dict(batch, view1=np.full_like(batch["view1"], np.nan))
+            yield batch
+
+    monkeypatch.setattr(pretrain.Pretraining, "batches", poisoned)
+    with pytest.raises(pretrain.NonFiniteLossError, match="at step 3.*last good checkpoint is step 2"):
+        pretrain.run_pretraining(digits_config(total_steps=6), str(tmp_path))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("batch_size", 36, "config.batch_size=36 is not divisible by the 8 devices"),
+    ("model.name", "resnet7", "config.model.name"),
+    ("data.name", "imagenet_typo", "config.data.name"),
+    ("model.bn", "sync", "config.model.bn"),
+])
+def test_bad_config_fails_before_compiling(tmp_path, key, value, message):
+    config = digits_config()
+    section, _, leaf = key.rpartition(".")
+    setattr(config[section] if section else config, leaf, value)
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        pretrain.Pretraining(config, str(tmp_path))
+
+
+def test_cli_reports_one_line_errors(tmp_path):
+    command = [sys.executable, "-c", "from sslx.cli import pretrain; pretrain()",
+               "--config", str(REPO / "configs" / "quickstart.py"), "--workdir", str(tmp_path)]
+    cases = {"--config.batch_size=100": "config.batch_size",
+             "--config.optimizer.name=lars": "unknown config key 'optimizer'"}
+    for flag, expected in cases.items():
+        done = subprocess.run(command + [flag], capture_output=True, text=True, timeout=300,
+                              env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+                                   "PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "3"})
+        assert done.returncode == 2, done.stderr
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and expected in lines[0], done.stderr
+
+
+def test_short_cifar10_run_learns(tmp_path, cifar10_dir):
+    c = base_config()
+    c.data.name = "tfrecord"
+    c.data.path = str(cifar10_dir)
+    c.data.image_size = 32
+    c.data.shuffle_buffer = 5000
+    c.model.width = 0.25
+    c.head.hidden_dim = 128
+    c.head.out_dim = 64
+    c.batch_size = 128
+    c.total_steps = 120
+    c.loss.temperature = 0.2
+    c.optim.warmup_steps = 10
+    c.log_every_steps = 40
+    c.checkpoint_every_steps = 1000
+    c.eval.probe_train_examples = 5000
+    c.eval.batch_size = 512
+    results = pretrain.run_pretraining(c, str(tmp_path))
+    margin = results["linear_probe_top1"] - results["random_init_linear_probe_top1"]
+    print(f"CIFAR-10 probe {results['linear_probe_top1']:.3f} vs random init "
+          f"{results['random_init_linear_probe_top1']:.3f}")
+    assert margin > 0.03, results

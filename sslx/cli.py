@@ -14,7 +14,7 @@ from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 # Bad flags, a bad recipe file or unknown override keys.
-PARSE_ERRORS = (ValueError, KeyError, AttributeError, TypeError, OSError, flags.Error)
+PARSE_ERRORS = (ValueError, TypeError, OSError, flags.Error)
 # Raised by stages for bad config values, missing data or checkpoints, and a non-finite loss.
 RUN_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
 
@@ -24,13 +24,34 @@ def _one_line(error: BaseException) -> str:
     return " ".join(text.split()) or type(error).__name__
 
 
-def _fail(program: str, error: BaseException) -> None:
+def _fail(program: str, error: BaseException, leave: Callable[[int], None] = sys.exit) -> None:
     print(f"{program}: error: {_one_line(error)}", file=sys.stderr, flush=True)
-    sys.exit(2)
+    leave(2)
+
+
+def _config_path(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def _unknown_key_message(error: Exception, argv: list[str]) -> str:
+    key = str(error.args[0]).strip("'\"") if error.args else "?"
+    flag = next((a for a in argv if a.startswith("--config.") and key in a.split("=", 1)[0]), key)
+    return (f"unknown config key {key!r} (from {flag}): the recipe has no such key; "
+            f"see sslx/config.py and the recipe file for the valid keys")
 
 
 def _parse(program: str, argv: list[str]):
     """Parses the stage flags; the config file is executed and overrides applied (locked: no new keys)."""
+    path = _config_path(argv)
+    if path is None:
+        _fail(program, ValueError("--config is required: pass a recipe such as --config configs/quickstart.py"))
+    if not os.path.isfile(path.split(":", 1)[0]):
+        _fail(program, FileNotFoundError(f"config file {path} not found: pass a recipe file from configs/"))
     flag_values = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "Recipe file (configs/*.py) returning a ConfigDict.",
                                     flag_values=flag_values, lock_config=True)
@@ -38,24 +59,55 @@ def _parse(program: str, argv: list[str]):
                         flag_values=flag_values)
     try:
         flag_values(argv)
-        if flag_values.config is None:
-            raise ValueError("--config is required: pass a recipe such as --config configs/quickstart.py")
+        config = flag_values.config
+        config.to_dict()  # the recipe loads lazily: surface its errors here
         if not flag_values.workdir:
             raise ValueError("--workdir is required: pass the directory for checkpoints and results.json")
+    except (KeyError, AttributeError) as error:  # how ml_collections reports a key the recipe lacks
+        _fail(program, ValueError(_unknown_key_message(error, argv)))
     except PARSE_ERRORS as error:
         _fail(program, error)
-    return flag_values.config, flag_values.workdir
+    return config, flag_values.workdir
 
 
 def _run_stage(program: str, stage: Callable) -> None:
     logging.set_verbosity(logging.WARNING)
     config, workdir = _parse(program, sys.argv)
+    from sslx import parallel  # imports jax, which starts no backend until a device is touched
     try:
+        # Before anything touches devices: afterwards jax.devices() spans every process of the run.
+        parallel.initialize_distributed(config.distributed)
+        parallel.check_same_config(config)
         stage(config, workdir)
-    except RUN_ERRORS as error:
-        _fail(program, error)
+    except (*RUN_ERRORS, parallel.DistributedError) as error:
+        _fail(program, error, leave=parallel.exit_now)
 
 
 def pretrain() -> None:
     from sslx.stages.pretrain import run_pretraining
     _run_stage("sslx-pretrain", run_pretraining)
+
+
+def benchmark() -> None:
+    from sslx.benchmark import main
+    main()
+
+
+def linear_eval() -> None:
+    from sslx.stages.linear_eval import run_linear_eval
+    _run_stage("sslx-linear-eval", run_linear_eval)
+
+
+def knn() -> None:
+    from sslx.stages.knn import run_knn
+    _run_stage("sslx-knn", run_knn)
+
+
+def finetune() -> None:
+    from sslx.stages.finetune import run_finetune
+    _run_stage("sslx-finetune", run_finetune)
+
+
+def distill() -> None:
+    from sslx.stages.distill import run_distill
+    _run_stage("sslx-distill", run_distill)

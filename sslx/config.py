@@ -14,6 +14,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.batch_size = 512            # global batch over all devices and processes
     c.total_steps = -1            # > 0 wins over epochs
     c.epochs = 100.0
+    c.micro_batch_size = 0        # > 0: GradCache accumulation over per-device micro-batches of this size
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "cifar10"       # digits | tfrecord | a TFDS name
@@ -28,6 +29,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.augment = ml_collections.ConfigDict()
     c.augment.preset = "cifar"    # cifar | imagenet | none; any AugmentSpec field overrides it
+    c.augment.on_device = False   # True: the host only decodes; views are made on the devices (device_augment)
+    c.augment.host_size = 0       # on_device, variable-size images: host square side (0: image_size * 8 / 7)
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "resnet18"
@@ -37,15 +40,39 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.bn = "global"         # global: statistics over all replicas; replica: per device
     c.model.bn_momentum = 0.9
     c.model.dtype = "float32"     # compute dtype; params and the loss stay float32
+    c.model.remat = False         # recompute each ResNet block in the backward pass instead of storing it
 
     c.head = ml_collections.ConfigDict()
     c.head.version = "v1"
     c.head.num_layers = -1        # -1: the version's default (v1: 2, v2: 3)
-    c.head.hidden_dim = 2048
+    c.head.hidden_dim = -1        # -1: the encoder's feature width (SimCLR's choice)
     c.head.out_dim = 128
+    c.head.use_bn = True          # False: Dense-ReLU-Dense (MoCo v2, SupCon)
+    c.head.final_bn = True        # BN on the output (SimCLR, SimSiam, MoCo v3); False: BYOL, Barlow Twins, VICReg
+
+    c.predictor = ml_collections.ConfigDict()   # BYOL, SimSiam, MoCo v3
+    c.predictor.num_layers = 0    # 0: no predictor; methods with one need >= 1
+    c.predictor.hidden_dim = -1   # -1: the projection width
+
+    c.byol = ml_collections.ConfigDict()
+    c.byol.tau_base = 0.996       # target EMA rate at step 0, raised to 1 by a cosine
+
+    c.moco = ml_collections.ConfigDict()
+    c.moco.momentum = 0.999       # key-encoder EMA rate (v2 constant; v3 its start, raised to 1 by a cosine)
+    c.moco.queue_size = 65536     # v2: negatives kept; a multiple of batch_size
+    c.moco.shuffle_bn = False     # v2: shuffle the key batch across replicas (needs model.bn='replica')
+
+    c.barlow_twins = ml_collections.ConfigDict()
+    c.barlow_twins.lambda_offdiag = 5e-3
+
+    c.vicreg = ml_collections.ConfigDict()
+    c.vicreg.sim_coeff = 25.0     # lambda
+    c.vicreg.std_coeff = 25.0     # mu
+    c.vicreg.cov_coeff = 1.0      # nu
 
     c.loss = ml_collections.ConfigDict()
     c.loss.temperature = 0.5
+    c.loss.chunk_size = 0         # > 0: NT-Xent over chunks of this many candidate columns (huge global batches)
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "lars"
@@ -57,6 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.momentum = 0.9
     c.optim.nesterov = False
     c.optim.lars_eta = 1e-3
+    c.optim.constant_lr_modules = ()   # top-level param names held at the peak LR, not decayed (SimSiam)
 
     c.probe = ml_collections.ConfigDict()
     c.probe.online = True         # linear classifier on stop_gradient(features) during pretraining
@@ -67,10 +95,78 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.probe_steps = 300      # L-BFGS iterations of the logistic regression
     c.eval.probe_train_examples = -1   # cap on train-split examples the probe fits on (-1: all)
     c.eval.probe_l2 = 1e-4
+    c.eval.every_steps = 0        # > 0: run the periodic evaluators every N steps (logged like any metric)
+    c.eval.periodic = ""          # comma-separated names from sslx.evaluators.periodic.EVALUATORS, e.g. "knn"
+    c.eval.knn_ks = (20, 200)
+    c.eval.knn_temperature = 0.07
+    c.eval.knn_train_examples = -1     # cap on the train-split bank of the periodic kNN (-1: all)
 
     c.log_every_steps = 50
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 3
+    c.distributed = distributed_config()
+    return c
+
+
+def distributed_config() -> ml_collections.ConfigDict:
+    """How a process joins a multi-process run (sslx.parallel.initialize_distributed); defaults detect it."""
+    c = ml_collections.ConfigDict()
+    c.cluster = "auto"            # auto | none | explicit | slurm | tpu
+    c.coordinator_address = ""    # explicit: host:port of process 0
+    c.num_processes = 0           # explicit: the number of processes; under SLURM, 0 or SLURM_NTASKS
+    c.process_id = -1             # explicit: this process's index in [0, num_processes)
+    c.initialization_timeout = 300     # seconds to wait for every process to join
+    c.heartbeat_timeout = 100     # seconds of silence after which a process counts as dead and the run stops
+    c.shutdown_timeout = 300      # seconds the processes wait for each other at exit
+    return c
+
+
+def eval_config() -> ml_collections.ConfigDict:
+    """The base of the evaluation recipes (sslx-linear-eval, sslx-knn, sslx-finetune); each reads its section."""
+    c = ml_collections.ConfigDict()
+    c.pretrained = ""             # the pretraining workdir to evaluate (required)
+    c.step = -1                   # its checkpoint step (-1: the latest)
+    c.seed = 0
+    c.head_layer = 0              # linear eval / kNN features: 0 the encoder output, i head layer i (SimCLRv2)
+    c.eval_batch_size = 512       # feature extraction and test-set inference
+
+    c.data = base_config().data   # used when data.name is set; "" takes the pretraining's data section
+    c.data.name = ""
+    c.data.cache = False
+
+    c.linear = ml_collections.ConfigDict()
+    c.linear.mode = "protocol"    # protocol: augmented crops through the frozen encoder | fast: cached features
+    c.linear.solver = "sgd"       # fast mode: sgd (the protocol's optimizer and epochs) | lbfgs (full batch)
+    c.linear.epochs = 90
+    c.linear.batch_size = 1024    # global
+    c.linear.learning_rates = (0.1,)   # x batch_size / 256; more than one: sweep, selected on a held-out split
+    c.linear.val_fraction = 0.1   # of train, held out for the sweep (then the best rate retrains on all of train)
+    c.linear.momentum = 0.9
+    c.linear.nesterov = True
+    c.linear.weight_decay = 0.0
+    c.linear.lbfgs_steps = 500
+    c.linear.lbfgs_l2 = 1e-4
+
+    c.knn = ml_collections.ConfigDict()
+    c.knn.ks = (20, 200)
+    c.knn.temperature = 0.07
+    c.knn.query_chunk = 1024      # test rows ranked per call: bounds the [chunk, bank / devices] similarities
+
+    c.finetune = ml_collections.ConfigDict()
+    c.finetune.label_fraction = 1.0    # in (0, 1]; imagenet2012 at 0.01 / 0.1 uses TFDS imagenet2012_subset
+    c.finetune.subset_seed = 0
+    c.finetune.head_layers = 0    # projection-head layers kept under the classifier (SimCLRv2: 1)
+    c.finetune.epochs = -1.0      # -1: SimCLRv2's 60 for <= 1% of the labels, else 30
+    c.finetune.batch_size = 1024
+    c.finetune.optim = base_config().optim
+    c.finetune.optim.base_lr = 0.005   # SimCLRv2: 0.005 x sqrt(batch), LARS, no weight decay, no warm-up
+    c.finetune.optim.lr_scaling = "sqrt"
+    c.finetune.optim.weight_decay = 0.0
+    c.finetune.optim.warmup_epochs = 0.0
+    c.finetune.log_every_steps = 50
+    c.finetune.checkpoint_every_steps = 1000
+    c.finetune.keep_checkpoints = 2
+    c.distributed = distributed_config()
     return c
 
 
@@ -89,5 +185,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError("set config.total_steps or config.epochs to a positive number.")
     if config.loss.temperature <= 0:
         raise ValueError(f"config.loss.temperature={config.loss.temperature} must be positive.")
+    if config.loss.chunk_size < 0:
+        raise ValueError(f"config.loss.chunk_size={config.loss.chunk_size} must be 0 (plain NT-Xent) or positive.")
+    if config.micro_batch_size < 0:
+        raise ValueError(f"config.micro_batch_size={config.micro_batch_size} must be 0 (off) or positive.")
     if config.data.name == "tfrecord" and not config.data.path:
         raise ValueError("config.data.name='tfrecord' needs config.data.path=<directory of {split}-*.tfrecord files>.")

@@ -5,6 +5,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from sslx.losses import nt_xent
 from sslx.methods.base import Method, Metrics, SSLNetwork, build_encoder, build_head
@@ -18,18 +19,28 @@ class SimCLR(Method):
         return SSLNetwork(encoder=build_encoder(self.config.model, axis_name),
                           head=build_head(self.config, axis_name), num_classes=self.num_classes)
 
-    def loss(self, params: Any, batch_stats: Any, extra: Any, batch: dict[str, jax.Array],
-             rng: jax.Array, step: jax.Array) -> tuple[jax.Array, tuple[Any, Metrics]]:
-        del extra, rng, step
+    def embed(self, params: Any, batch_stats: Any, batch: dict[str, jax.Array]) -> tuple[Any, Any]:
+        """Projections (and probe logits) of both views, [n, 2, ...] per leaf."""
         n = batch["view1"].shape[0]
         # Both views in one forward pass: BN statistics then cover the 2N views, as in the reference.
-        images = jax.numpy.concatenate([batch["view1"], batch["view2"]], axis=0)
-        out, updates = self.network(BATCH_AXIS).apply(
-            {"params": params, "batch_stats": batch_stats}, images, train=True, mutable=["batch_stats"])
-        contrastive = nt_xent(out["z"][:n], out["z"][n:], temperature=self.config.loss.temperature,
-                              axis_name=BATCH_AXIS)
-        labelled = {"label": jax.numpy.concatenate([batch["label"], batch["label"]])}
-        probe_loss, probe_metrics = self.probe_loss(out, labelled)
+        out, stats = self.forward(params, batch_stats, jnp.concatenate([batch["view1"], batch["view2"]]))
+        keys = [k for k in ("z", "probe_logits") if k in out]
+        return {k: jnp.stack([out[k][:n], out[k][n:]], axis=1) for k in keys}, stats
+
+    def loss_from_embeddings(self, outputs: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, Metrics]:
+        z = outputs["z"]
+        contrastive = nt_xent(z[:, 0], z[:, 1], temperature=self.config.loss.temperature, axis_name=BATCH_AXIS,
+                              chunk_size=self.config.loss.chunk_size)
+        probe = ({"probe_logits": jnp.concatenate([outputs["probe_logits"][:, 0], outputs["probe_logits"][:, 1]])}
+                 if "probe_logits" in outputs else {})
+        probe_loss, probe_metrics = self.probe_loss(probe, {"label": jnp.concatenate([batch["label"]] * 2)})
         metrics = {"contrastive_loss": contrastive.loss, "contrastive_acc": contrastive.accuracy,
                    "contrastive_entropy": contrastive.entropy, **probe_metrics}
-        return contrastive.loss + probe_loss, (updates["batch_stats"], metrics)
+        return contrastive.loss + probe_loss, metrics
+
+    def loss(self, params: Any, batch_stats: Any, extra: Any, batch: dict[str, jax.Array],
+             rng: jax.Array, step: jax.Array) -> tuple[jax.Array, tuple[Any, Metrics, Any]]:
+        del extra, rng, step
+        outputs, stats = self.embed(params, batch_stats, batch)
+        loss, metrics = self.loss_from_embeddings(outputs, batch)
+        return loss, (stats, metrics, {})

@@ -13,6 +13,8 @@ import ml_collections
 from sslx import config as config_lib
 from sslx import data, metrics, optim, parallel
 from sslx.checkpoint import Checkpointer
+from sslx.data import device_augment
+from sslx.evaluators import periodic
 from sslx.evaluators.features import extract_features
 from sslx.evaluators.linear import linear_probe
 from sslx.methods import Method, build_method
@@ -49,15 +51,20 @@ class Pretraining:
         self.workdir = pathlib.Path(workdir)
         self.mesh = parallel.make_mesh()
         parallel.check_divisible(config.batch_size, self.mesh.size)
+        parallel.check_micro_batch(config.micro_batch_size, config.batch_size // self.mesh.size)
         self.train_info = data.describe(config.data, config.data.train_split)
         self.specs = data.spec_from_config(config.augment)
         self.total_steps, warmup = resolve_steps(config, self.train_info.num_examples)
         peak_lr = optim.peak_learning_rate(config.optim.base_lr, config.batch_size, config.optim.lr_scaling)
         self.schedule = optim.warmup_cosine(peak_lr, warmup, self.total_steps)
         self.optimizer = optim.make_optimizer(config.optim, self.schedule)
-        self.method: Method = build_method(config, self.train_info.num_classes)
+        self.method: Method = build_method(config, self.train_info.num_classes, self.total_steps)
         self.method.network(None)  # builds encoder/head: an unknown model name fails here
         self.init_rng, self.step_rng = jax.random.split(jax.random.key(config.seed))
+        self.on_device = bool(config.augment.get("on_device", False))
+        if self.on_device:
+            self.augment_rng = jax.random.fold_in(jax.random.key(config.seed), 1)  # apart from init/step keys
+            self.make_views = device_augment.make_two_views(self.specs, config.data.image_size, self.mesh)
 
     def initial_state(self) -> TrainState:
         size = self.config.data.image_size
@@ -71,7 +78,15 @@ class Pretraining:
         return data.pretrain_iterator(
             self.config.data, self.specs, local_batch=self.config.batch_size // jax.process_count(),
             image_size=self.config.data.image_size, seed=self.config.seed * 1_000_003 + start_step,
-            process_index=jax.process_index(), process_count=jax.process_count())
+            process_index=jax.process_index(), process_count=jax.process_count(), on_device=self.on_device,
+            host_size=self.config.augment.get("host_size", 0))
+
+    def device_views(self, batch: dict, step: int) -> dict:
+        """The sharded batch with its two views, made on the devices when config.augment.on_device."""
+        if not self.on_device:
+            return batch
+        view1, view2 = self.make_views(jax.random.fold_in(self.augment_rng, step), batch["image"])
+        return {"view1": view1, "view2": view2, "label": batch["label"]}
 
 
 def _write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
@@ -85,16 +100,19 @@ def train(run: Pretraining, checkpointer: Checkpointer, writer: metrics.MetricWr
     config = run.config
     state = run.initial_state()
     start = checkpointer.latest_step() or 0
+    parallel.check_same_on_all_processes(str(start), "the step to resume from")
     if start:
         state = checkpointer.restore(state)
         metrics.log(f"resumed from step {start} in {checkpointer.directory}")
     train_step = make_train_step(run.method, run.optimizer, run.schedule, run.mesh)
+    evaluators = periodic.build(run)
     progress = metrics.Progress(run.total_steps, config.batch_size, first_step=start)
     batches = run.batches(start)
     last: dict[str, float] = {}
     pending: tuple[int, jax.Array] | None = None
     for step in range(start + 1, run.total_steps + 1):
-        state, step_metrics = train_step(state, parallel.shard_batch(next(batches), run.mesh), run.step_rng)
+        batch = run.device_views(parallel.shard_batch(next(batches), run.mesh), step)
+        state, step_metrics = train_step(state, batch, run.step_rng)
         # Checking the previous step's loss keeps one step in flight while still naming the exact step.
         if pending is not None:
             check_finite(pending[0], float(pending[1]), checkpointer)
@@ -104,6 +122,8 @@ def train(run: Pretraining, checkpointer: Checkpointer, writer: metrics.MetricWr
             check_finite(step, last["loss"], checkpointer)
             writer.write(step, last)
             metrics.log(progress.line(step, last["loss"]))
+        if evaluators and step % config.eval.every_steps == 0:
+            writer.write(step, periodic.run_all(evaluators, state))
         if step % config.checkpoint_every_steps == 0 and step != run.total_steps:
             check_finite(step, float(step_metrics["loss"]), checkpointer)
             checkpointer.save(step, state)

@@ -1,0 +1,133 @@
+"""The SimCLRv2 recipe end to end, in this process: every stage reads the previous stage's workdir under ROOT.
+
+    python launch/simclrv2_recipe.py --config configs/simclrv2_recipe_cifar10.py --workdir ROOT [--config.key=value]
+
+pretrain (3-layer head) -> linear eval (fast) -> for each label fraction: fine-tune from the first head layer ->
+self-distil -> distil into the smaller student. A stage whose workdir already has results.json is skipped and
+the stages resume from their checkpoints, so rerunning the command continues an interrupted recipe. The table
+(stage, model, labels used, top-1) is printed and written to ROOT/summary.json and ROOT/summary.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import sys
+from typing import Any, Callable
+
+import ml_collections
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    name: str                                  # its workdir under ROOT
+    labels: str                                # the labels that reached this model, for the table
+    run: Callable[[ml_collections.ConfigDict, str], dict[str, Any]]
+    config: ml_collections.ConfigDict
+
+
+def copy_section(section: ml_collections.ConfigDict, **values: Any) -> ml_collections.ConfigDict:
+    copied = ml_collections.ConfigDict(section.to_dict())
+    for key, value in values.items():
+        copied[key] = value
+    return copied
+
+
+def resolve_data_path(config: ml_collections.ConfigDict) -> None:
+    """A relative config.pretrain.data.path is relative to the repository root, wherever the command runs."""
+    path = config.pretrain.data.path
+    if path and not pathlib.Path(path).is_absolute() and "://" not in path:
+        config.pretrain.data.path = str((REPO / path).resolve())
+
+
+def fraction_tag(fraction: float) -> str:
+    return f"{fraction * 100:g}pct"
+
+
+def plan(config: ml_collections.ConfigDict, root: pathlib.Path) -> list[Stage]:
+    """The stages in order, each config pointing at the workdir of the stage it builds on."""
+    from sslx.stages.distill import run_distill
+    from sslx.stages.finetune import run_finetune
+    from sslx.stages.linear_eval import run_linear_eval
+    from sslx.stages.pretrain import run_pretraining
+
+    pretrained = str(root / "pretrain")
+    stages = [Stage("pretrain", "none", run_pretraining, config.pretrain),
+              Stage("linear_eval", "100%", run_linear_eval, copy_section(config.linear_eval, pretrained=pretrained))]
+    for fraction in config.label_fractions:
+        tag, labels = fraction_tag(fraction), f"{fraction * 100:g}%"
+        tuned = copy_section(config.finetune, pretrained=pretrained)
+        tuned.finetune.label_fraction = fraction
+        stages += [Stage(f"finetune_{tag}", labels, run_finetune, tuned),
+                   Stage(f"self_distill_{tag}", labels, run_distill,
+                         copy_section(config.self_distill, teacher=str(root / f"finetune_{tag}"))),
+                   Stage(f"distill_{tag}", labels, run_distill,
+                         copy_section(config.distill, teacher=str(root / f"self_distill_{tag}")))]
+    return stages
+
+
+def run_stage(stage: Stage, root: pathlib.Path) -> dict[str, Any]:
+    from sslx import metrics
+    results_path = root / stage.name / "results.json"
+    if results_path.is_file():
+        metrics.log(f"recipe: {stage.name} is done ({results_path}); skipping it")
+    else:
+        metrics.log(f"recipe: running {stage.name}")
+        stage.run(stage.config, str(root / stage.name))
+    return json.loads(results_path.read_text(encoding="utf-8"))
+
+
+def model_name(workdir: pathlib.Path) -> str:
+    model = json.loads((workdir / "config.json").read_text(encoding="utf-8"))["model"]
+    extra = "+SK" if model.get("sk_ratio", 0) > 0 else ""
+    return f"{model['name']} {model['width']:g}x{extra}"
+
+
+def summary_rows(stages: list[Stage], results: dict[str, dict], root: pathlib.Path) -> list[dict[str, Any]]:
+    """One row per trained model; pretraining is scored by its linear evaluation."""
+    by_name = {stage.name: stage for stage in stages}
+    rows = []
+    for stage in stages:
+        if stage.name == "linear_eval":
+            continue
+        scorer = by_name["linear_eval"] if stage.name == "pretrain" else stage
+        name = "pretrain (linear eval)" if stage.name == "pretrain" else stage.name
+        rows.append({"stage": name, "model": model_name(root / stage.name), "labels": scorer.labels,
+                     "top1": results[scorer.name]["top1"], "workdir": str(root / stage.name)})
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| stage | model | labels | top-1 |", "|---|---|---|---|"]
+    lines += [f"| {r['stage']} | {r['model']} | {r['labels']} | {100 * r['top1']:.1f} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def run_recipe(config: ml_collections.ConfigDict, root: str) -> list[dict[str, Any]]:
+    """Runs (or resumes) every stage under `root`; returns the summary rows and writes summary.json/.md."""
+    root = pathlib.Path(root).absolute()
+    resolve_data_path(config)
+    stages = plan(config, root)
+    results = {stage.name: run_stage(stage, root) for stage in stages}
+    rows = summary_rows(stages, results, root)
+    table = markdown(rows)
+    (root / "summary.json").write_text(json.dumps({"stages": rows}, indent=2) + "\n", encoding="utf-8")
+    (root / "summary.md").write_text(table, encoding="utf-8")
+    print(table, flush=True)
+    return rows
+
+
+def main() -> None:
+    from sslx import cli, parallel
+    config, workdir = cli._parse("simclrv2_recipe", sys.argv)
+    try:
+        parallel.initialize_distributed(config.distributed)
+        run_recipe(config, workdir)
+    except (*cli.RUN_ERRORS, parallel.DistributedError) as error:
+        cli._fail("simclrv2_recipe", error, leave=parallel.exit_now)
+
+
+if __name__ == "__main__":
+    main()

@@ -6,6 +6,7 @@ STAGES = {
     "sslx-linear-eval": "sslx.cli:linear_eval",
     "sslx-knn": "sslx.cli:knn",
     "sslx-finetune": "sslx.cli:finetune",
+    "sslx-distill": "sslx.cli:distill",
     "sslx-benchmark": "sslx.cli:benchmark",
 }
 

@@ -1,0 +1,425 @@
+"""`sslx-distill`: distil a fine-tuned classifier (the teacher) into a student on the unlabelled training set.
+
+SimCLRv2 (Chen et al. 2020b, sec. 2): the student minimises tau^2 x CE(softmax(t / tau), softmax(s / tau)) on every
+training image, labels unused (`sslx.losses.distillation`), optionally plus `supervised_weight` x the labelled
+cross-entropy on a `label_fraction` subset (drawn as sslx-finetune draws it). Self-distillation keeps the teacher's
+encoder, big-to-small distillation names a smaller `config.student.model`; the student has no head layers and
+starts from scratch or from the encoder of `config.student.pretrained`. Random crop + flip, LARS, the pretraining's
+schedule, 400 epochs; tau = 0.1 for self-distillation and 1.0 big-to-small in the paper.
+
+The teacher runs frozen in eval mode inside the same data-parallel step (its variables a separate replicated
+argument: they are never checkpointed with the student), or its logits come from a .npy of the train split
+written by `config.distill.precompute=True` (then the student sees centre crops with random flips, the views
+those logits were computed on).
+
+The workdir is a classifier workdir like sslx-finetune's (model, head, head_layers=0, num_classes), so a
+distilled student can be evaluated or serve as the next teacher.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tensorflow as tf
+from jax import lax
+from jax.sharding import Mesh, PartitionSpec as P
+
+from sslx import data, losses, metrics, optim, parallel
+from sslx.checkpoint import Checkpointer
+from sslx.config import base_config, distributed_config
+from sslx.data import augment
+from sslx.evaluators import common, subsets
+from sslx.evaluators.encoders import build_classifier, load_pretrained, read_config
+from sslx.evaluators.linear import topk_accuracy
+from sslx.parallel import BATCH_AXIS
+from sslx.stages.finetune import IMAGENET_SUBSETS
+from sslx.train import TrainState
+
+CLASSIFIER_KEYS = ("model", "head", "head_layers", "num_classes")
+LOGITS_FILE = "teacher_logits.npy"
+
+
+def distill_config() -> ml_collections.ConfigDict:
+    """The base of the distillation recipes (configs/distill_*.py)."""
+    c = ml_collections.ConfigDict()
+    c.teacher = ""                # a fine-tuned (or distilled) classifier workdir (required)
+    c.teacher_step = -1           # its checkpoint step (-1: the latest)
+    c.seed = 0
+    c.eval_batch_size = 512
+    c.data = base_config().data   # used when data.name is set; "" takes the teacher's data section
+    c.data.name = ""
+
+    c.student = ml_collections.ConfigDict()
+    c.student.model = base_config().model
+    c.student.model.name = ""     # "": the teacher's architecture (self-distillation) or student.pretrained's
+    c.student.pretrained = ""     # optional pretraining workdir whose encoder initialises the student
+
+    c.distill = ml_collections.ConfigDict()
+    c.distill.temperature = 1.0
+    c.distill.supervised_weight = 0.0  # > 0: plus this x the cross-entropy on the labelled subset
+    c.distill.label_fraction = 0.1     # that subset, drawn as sslx-finetune draws it
+    c.distill.subset_seed = 0
+    c.distill.labelled_batch_size = 256
+    c.distill.teacher_logits = ""      # a .npy of teacher logits for the train split in read order
+    c.distill.precompute = False       # True: only write WORKDIR/teacher_logits.npy and stop
+    c.distill.epochs = 400.0           # SimCLRv2's distillation length
+    c.distill.total_steps = -1         # > 0 wins over epochs
+    c.distill.batch_size = 4096
+    c.distill.optim = base_config().optim
+    c.distill.optim.base_lr = 0.3      # the pretraining's LARS 0.3 x B/256, weight decay 1e-4, 10 warm-up epochs
+    c.distill.optim.weight_decay = 1e-4
+    c.distill.log_every_steps = 100
+    c.distill.checkpoint_every_steps = 1000
+    c.distill.keep_checkpoints = 2
+    c.distributed = distributed_config()
+    return c
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    cfg = config.distill
+    if not config.teacher:
+        raise ValueError("config.teacher is required: pass --config.teacher=FINETUNE_WORKDIR")
+    if cfg.temperature <= 0:
+        raise ValueError(f"config.distill.temperature={cfg.temperature} must be positive")
+    if cfg.supervised_weight < 0:
+        raise ValueError(f"config.distill.supervised_weight={cfg.supervised_weight} must be 0 (off) or positive")
+    subsets.check_fraction(cfg.label_fraction, "config.distill.label_fraction")
+    if cfg.batch_size <= 0 or cfg.labelled_batch_size <= 0:
+        raise ValueError("config.distill.batch_size and config.distill.labelled_batch_size must be positive")
+    if cfg.total_steps <= 0 and cfg.epochs <= 0:
+        raise ValueError("set config.distill.total_steps or config.distill.epochs to a positive number")
+
+
+def read_classifier_config(workdir: str, key: str) -> ml_collections.ConfigDict:
+    """The config.json of a classifier workdir; one-line errors naming `key` for a missing or wrong-kind one."""
+    if not pathlib.Path(workdir).is_dir():
+        raise FileNotFoundError(f"{key}={workdir} does not exist: pass a workdir written by sslx-finetune")
+    config = read_config(workdir)
+    missing = [k for k in CLASSIFIER_KEYS if k not in config]
+    if missing:
+        raise ValueError(f"{key}={workdir} is not a classifier workdir: its config.json has no {', '.join(missing)} "
+                         f"(a pretraining workdir?); pass a workdir written by sslx-finetune or sslx-distill")
+    return config
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+    workdir: pathlib.Path
+    config: ml_collections.ConfigDict   # its classifier config.json
+    step: int
+    variables: dict[str, Any]           # {'params', 'batch_stats'}, replicated
+
+    def logits_fn(self) -> Callable[[jax.Array], jax.Array]:
+        network = build_classifier(self.config, None)
+        return lambda images: network.apply(self.variables, images, train=False)
+
+
+def load_teacher(workdir: str, step: int, mesh: Mesh) -> Teacher:
+    config = read_classifier_config(workdir, "config.teacher")
+    size = config.data.image_size
+    network = build_classifier(config, None)
+    shapes = jax.eval_shape(lambda: network.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
+    sharding = parallel.replicated(mesh)
+    like = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+                        {"params": shapes["params"], "batch_stats": shapes["batch_stats"]})
+    checkpointer = Checkpointer(workdir, keep=1, every_steps=1)
+    try:
+        step, variables = checkpointer.restore_subtree(like, None if step < 0 else step)
+    finally:
+        checkpointer.close()
+    return Teacher(pathlib.Path(workdir).absolute(), config, step, variables)
+
+
+def student_config(config: ml_collections.ConfigDict, teacher: ml_collections.ConfigDict,
+                   pretrained: ml_collections.ConfigDict | None, data_cfg) -> ml_collections.ConfigDict:
+    """The config.json of the distilled workdir: this run's config plus what rebuilds the student."""
+    base = pretrained if pretrained is not None else teacher
+    model = config.student.model if config.student.model.name else base.model
+    if pretrained is not None and model.to_dict() != pretrained.model.to_dict():
+        raise ValueError(f"config.student.model ({model.name}) differs from the model of config.student.pretrained="
+                         f"{config.student.pretrained} ({pretrained.model.name}): leave config.student.model.name "
+                         f"empty to take the pretrained one")
+    recorded = ml_collections.ConfigDict(config.to_dict())
+    recorded.data = ml_collections.ConfigDict(data_cfg.to_dict())
+    recorded.model = ml_collections.ConfigDict(model.to_dict())
+    recorded.head = ml_collections.ConfigDict(base.head.to_dict())
+    recorded.head_layers = 0
+    recorded.num_classes = teacher.num_classes
+    return recorded
+
+
+def make_distill_step(student, teacher, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+                      mesh: Mesh, *, temperature: float,
+                      supervised_weight: float) -> Callable[[TrainState, Any, dict], tuple[TrainState, dict]]:
+    """`(state, teacher_variables, batch) -> (state, metrics)`, data-parallel over the mesh.
+
+    `batch`: 'image' (unlabelled) and either the teacher's 'teacher_logits' or, with `teacher` a network, its
+    frozen eval-mode logits computed here; with `supervised_weight` > 0 also 'labelled_image' and 'label'.
+    """
+
+    def per_replica(state: TrainState, teacher_variables: Any, batch: dict) -> tuple[TrainState, dict]:
+        if teacher is None:
+            targets = batch["teacher_logits"]
+        else:
+            targets = teacher.apply(teacher_variables, batch["image"], train=False)
+        targets = lax.stop_gradient(targets)
+        images = batch["image"]
+        if supervised_weight > 0:
+            # One pass over both batches: the student's BN statistics cover labelled and unlabelled images alike.
+            images = jnp.concatenate([images, batch["labelled_image"]])
+        unlabelled = batch["image"].shape[0]
+
+        def global_loss(params):
+            logits, updates = student.apply({"params": params, "batch_stats": state.batch_stats}, images,
+                                            train=True, mutable=["batch_stats"])
+            distill = lax.pmean(losses.distillation(logits[:unlabelled], targets, temperature=temperature),
+                                BATCH_AXIS)
+            terms = {"distill_loss": distill}
+            if supervised_weight > 0:
+                terms["supervised_loss"] = lax.pmean(
+                    losses.softmax_cross_entropy(logits[unlabelled:], batch["label"]), BATCH_AXIS)
+            loss = distill + supervised_weight * terms.get("supervised_loss", 0.0)
+            return loss, (updates["batch_stats"], logits[:unlabelled], terms)
+
+        (loss, (batch_stats, logits, terms)), grads = jax.value_and_grad(global_loss, has_aux=True)(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                              batch_stats=lax.pmean(batch_stats, BATCH_AXIS), opt_state=opt_state)
+        agreement = lax.pmean(jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(targets, -1)), BATCH_AXIS)
+        return state, {"loss": loss, **terms, "teacher_agreement": agreement,
+                       "learning_rate": schedule(state.step - 1)}
+
+    sharded = jax.shard_map(per_replica, mesh=mesh, in_specs=(P(), P(), P(BATCH_AXIS)), out_specs=(P(), P()))
+    return jax.jit(sharded, donate_argnums=0)
+
+
+def labelled_subset(data_cfg, fraction: float, seed: int, workdir: pathlib.Path) -> tuple[Any, np.ndarray | None, int]:
+    """(data section, train-split indices or None for all, count): the labels sslx-finetune would use."""
+    split = data_cfg.train_split
+    if data_cfg.name == "imagenet2012" and fraction in IMAGENET_SUBSETS:
+        subset_data = ml_collections.ConfigDict(data_cfg.to_dict())
+        subset_data.name, subset_data.train_split = IMAGENET_SUBSETS[fraction], "train"
+        return subset_data, None, common.check_labelled(subset_data, "train").num_examples
+    if fraction == 1.0:
+        return data_cfg, None, common.check_labelled(data_cfg, split).num_examples
+    indices = subsets.balanced_subset(common.split_labels(data_cfg, split), fraction, seed)
+    subsets.write_subset(workdir, indices, dataset=data_cfg.name, split=split, fraction=fraction, seed=seed)
+    return data_cfg, indices, len(indices)
+
+
+def centre_crop_fraction(info: data.SplitInfo) -> float:
+    """The crop sslx.data.eval_iterator takes, so precomputed logits and the student's views match."""
+    return 1.0 if all(side is not None and side <= 64 for side in info.image_shape[:2]) else 0.875
+
+
+def indexed_batches(data_cfg, split: str, global_batch: int, seed: int) -> Iterator[dict]:
+    """Endless shuffled {'image', 'index'} batches for this process: centre crops with random flips and their
+    positions in the split's read order (the rows of a precomputed logits file)."""
+    source = data.load_split(data_cfg, split)
+    crop = centre_crop_fraction(source.info)
+    tf_seed = tf.constant([seed, jax.process_index()], tf.int64)
+
+    def view(index, record):
+        image = augment.eval_preprocess(source.decode(record)["image"], data_cfg.image_size, crop)
+        flip_seed = tf.random.experimental.stateless_fold_in(tf_seed, index)
+        return {"image": tf.image.stateless_random_flip_left_right(image, flip_seed), "index": index}
+
+    records = source.records.enumerate().shard(jax.process_count(), jax.process_index())
+    examples = records.repeat().shuffle(int(data_cfg.shuffle_buffer), seed=seed).map(
+        view, num_parallel_calls=tf.data.AUTOTUNE)
+    local_batch = global_batch // jax.process_count()
+    return examples.batch(local_batch, drop_remainder=True).prefetch(2).as_numpy_iterator()
+
+
+def precompute_teacher_logits(teacher: Teacher, data_cfg, mesh: Mesh, batch_size: int,
+                              path: pathlib.Path) -> pathlib.Path:
+    """Writes the teacher's eval-mode logits of every train-split centre crop, in read order, to `path`."""
+    if jax.process_count() > 1:
+        raise ValueError("config.distill.precompute runs in a single process: each process sees only its shard")
+    logits, _ = common.split_features(teacher.logits_fn(), data_cfg, data_cfg.train_split, mesh, batch_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, logits.astype(np.float32))
+    metrics.log(f"wrote teacher logits {logits.shape} of {data_cfg.name}:{data_cfg.train_split} to {path}")
+    return path
+
+
+class Distillation:
+    """Everything built before the first compile: teacher, student architecture, data, schedule, optimizer."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+        validate(config)
+        self.config = config
+        self.workdir = pathlib.Path(workdir)
+        cfg = config.distill
+        self.mesh = parallel.make_mesh()
+        parallel.check_divisible(cfg.batch_size, self.mesh.size, "config.distill.batch_size")
+        self.teacher = load_teacher(config.teacher, config.teacher_step, self.mesh)
+        self.data = common.data_config(config, self.teacher.config)
+        self.num_train = data.describe(self.data, self.data.train_split).num_examples
+        self.pretrained = None
+        if config.student.pretrained:
+            if not pathlib.Path(config.student.pretrained).is_dir():
+                raise FileNotFoundError(f"config.student.pretrained={config.student.pretrained} does not exist: "
+                                        f"pass a workdir written by sslx-pretrain, or leave it empty")
+            self.pretrained = load_pretrained(config.student.pretrained, None, self.mesh)
+        self.recorded = student_config(config, self.teacher.config,
+                                       self.pretrained.config if self.pretrained else None, self.data)
+        self.recorded.teacher_step = self.teacher.step
+        self.logits = self.teacher_logits()
+        self.labelled, self.indices, self.num_labelled = None, None, 0
+        if cfg.supervised_weight > 0:
+            parallel.check_divisible(cfg.labelled_batch_size, self.mesh.size, "config.distill.labelled_batch_size")
+            self.labelled, self.indices, self.num_labelled = labelled_subset(
+                self.data, cfg.label_fraction, cfg.subset_seed, self.workdir)
+        steps_per_epoch = max(self.num_train // cfg.batch_size, 1)
+        self.total_steps = cfg.total_steps if cfg.total_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
+        warmup = (cfg.optim.warmup_steps if cfg.optim.warmup_steps >= 0
+                  else round(cfg.optim.warmup_epochs * steps_per_epoch))
+        peak = optim.peak_learning_rate(cfg.optim.base_lr, cfg.batch_size, cfg.optim.lr_scaling)
+        self.schedule = optim.warmup_cosine(peak, min(warmup, self.total_steps), self.total_steps)
+        self.optimizer = optim.make_optimizer(cfg.optim, self.schedule)
+
+    def teacher_logits(self) -> np.ndarray | None:
+        """The precomputed logits (memory-mapped), checked against the train split, or None for the online teacher."""
+        path = self.config.distill.teacher_logits
+        if not path:
+            return None
+        if not pathlib.Path(path).is_file():
+            raise FileNotFoundError(f"config.distill.teacher_logits={path} does not exist: write it with "
+                                    f"--config.distill.precompute=True")
+        logits = np.load(path, mmap_mode="r")
+        expected = (self.num_train, self.teacher.config.num_classes)
+        if logits.shape != expected:
+            raise ValueError(f"config.distill.teacher_logits={path} has shape {logits.shape}, the train split and "
+                             f"teacher need {expected}")
+        return logits
+
+    def initial_state(self) -> TrainState:
+        """Fresh student; its encoder from config.student.pretrained when given."""
+        size = self.data.image_size
+        variables = jax.jit(build_classifier(self.recorded, None).init, static_argnames="train")(
+            jax.random.key(self.config.seed), jnp.zeros((1, size, size, 3)), train=False)
+        params, batch_stats = dict(variables["params"]), dict(variables.get("batch_stats", {}))
+        if self.pretrained is not None:
+            params["encoder"] = self.pretrained.params["encoder"]
+            batch_stats["encoder"] = self.pretrained.batch_stats["encoder"]
+        state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                           opt_state=self.optimizer.init(params), extra={})
+        return parallel.replicate(state, self.mesh)
+
+    def batches(self, start_step: int) -> Iterator[dict]:
+        """Sharded step inputs; a resumed run reshuffles with a new seed."""
+        cfg = self.config.distill
+        seed = self.config.seed * 1_000_003 + start_step
+        if self.logits is None:
+            unlabelled = common.labelled_batches(self.data, self.data.train_split, None, cfg.batch_size, seed)
+        else:
+            unlabelled = indexed_batches(self.data, self.data.train_split, cfg.batch_size, seed)
+        labelled = None
+        if self.labelled is not None:
+            labelled = common.labelled_batches(self.labelled, self.labelled.train_split, self.indices,
+                                               cfg.labelled_batch_size, seed + 1)
+        while True:
+            batch = next(unlabelled)
+            inputs = {"image": batch["image"]}
+            if self.logits is not None:
+                inputs["teacher_logits"] = np.asarray(self.logits[batch["index"]])
+            if labelled is not None:
+                extra = next(labelled)
+                inputs.update(labelled_image=extra["image"], label=extra["label"])
+            yield parallel.shard_batch(inputs, self.mesh)
+
+    def step_fn(self) -> Callable:
+        teacher = None if self.logits is not None else build_classifier(self.teacher.config, None)
+        return make_distill_step(build_classifier(self.recorded, BATCH_AXIS), teacher, self.optimizer,
+                                 self.schedule, self.mesh, temperature=self.config.distill.temperature,
+                                 supervised_weight=self.config.distill.supervised_weight)
+
+    def teacher_variables(self) -> Any:
+        return {} if self.logits is not None else self.teacher.variables
+
+    def evaluate(self, state: TrainState) -> dict[str, float]:
+        network = build_classifier(self.recorded, None)
+        logits_fn = lambda images: network.apply(  # noqa: E731
+            {"params": state.params, "batch_stats": state.batch_stats}, images, train=False)
+        logits, labels = common.split_features(logits_fn, self.data, self.data.eval_split, self.mesh,
+                                               self.config.eval_batch_size)
+        logits, labels = jnp.asarray(logits), jnp.asarray(labels)
+        return {"top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, 5)}
+
+
+def train(run: Distillation, checkpointer: Checkpointer, writer: metrics.MetricWriter) -> TrainState:
+    """Runs (or resumes) distillation to total_steps; returns the final student state."""
+    cfg = run.config.distill
+    state = run.initial_state()
+    start = checkpointer.latest_step() or 0
+    if start:
+        state = checkpointer.restore(state)
+        metrics.log(f"resumed from step {start} in {checkpointer.directory}")
+    step_fn, teacher_variables = run.step_fn(), run.teacher_variables()
+    progress = metrics.Progress(run.total_steps, cfg.batch_size, first_step=start)
+    batches = run.batches(start)
+    for step in range(start + 1, run.total_steps + 1):
+        state, step_metrics = step_fn(state, teacher_variables, next(batches))
+        if step % cfg.log_every_steps == 0 or step == run.total_steps:
+            scalars = metrics.to_python(step_metrics)
+            if not math.isfinite(scalars["loss"]):
+                raise FloatingPointError(f"non-finite distillation loss at step {step}: lower "
+                                         f"config.distill.optim.base_lr")
+            writer.write(step, scalars)
+            metrics.log(progress.line(step, scalars["loss"]) + f"  agreement {scalars['teacher_agreement']:.3f}")
+        if step % cfg.checkpoint_every_steps == 0 and step != run.total_steps:
+            checkpointer.save(step, state)
+    checkpointer.save(run.total_steps, state, force=True)
+    return state
+
+
+def teacher_top1(teacher: Teacher) -> float | None:
+    """The teacher's own reported top-1 (its results.json), for the student's results."""
+    path = teacher.workdir / "results.json"
+    return json.loads(path.read_text(encoding="utf-8")).get("top1") if path.is_file() else None
+
+
+def run_distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """The `sslx-distill` stage: distil, save, report top-1/top-5 on the eval split in results.json.
+
+    With config.distill.precompute it only writes WORKDIR/teacher_logits.npy and returns {'teacher_logits': path}.
+    """
+    started = time.perf_counter()
+    run = Distillation(config, workdir)
+    cfg = config.distill
+    if cfg.precompute:
+        path = precompute_teacher_logits(run.teacher, run.data, run.mesh, config.eval_batch_size,
+                                         run.workdir / LOGITS_FILE)
+        return {"teacher_logits": str(path)}
+    if metrics.is_chief():
+        run.workdir.mkdir(parents=True, exist_ok=True)
+        (run.workdir / "config.json").write_text(run.recorded.to_json_best_effort(indent=2) + "\n", encoding="utf-8")
+    metrics.log(f"distilling {run.teacher.workdir} ({run.teacher.config.model.name}) into "
+                f"{run.recorded.model.name} x{run.recorded.model.width} on {run.num_train} images of "
+                f"{run.data.name}: {run.total_steps} steps at batch {cfg.batch_size}")
+    checkpointer = Checkpointer(run.workdir, keep=cfg.keep_checkpoints, every_steps=cfg.checkpoint_every_steps)
+    writer = metrics.MetricWriter(run.workdir)
+    try:
+        state = train(run, checkpointer, writer)
+    finally:
+        checkpointer.close()
+        writer.close()
+    results = {"stage": "distill", "teacher": str(run.teacher.workdir), "teacher_step": run.teacher.step,
+               "teacher_model": run.teacher.config.model.name, "teacher_top1": teacher_top1(run.teacher),
+               "model": run.recorded.model.name, "width": run.recorded.model.width,
+               "student_pretrained": config.student.pretrained, "step": run.total_steps,
+               "split": run.data.eval_split, "num_labelled": run.num_labelled,
+               "temperature": cfg.temperature, "supervised_weight": cfg.supervised_weight,
+               "precomputed_logits": cfg.teacher_logits}
+    results.update(run.evaluate(state))
+    return common.finish(run.workdir, results, started)

@@ -30,6 +30,6 @@ setup(
         "absl-py",
         "numpy",
     ],
-    extras_require={"test": ["pytest>=8"]},
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3"]},
     entry_points={"console_scripts": [f"{name}={target}" for name, target in STAGES.items()]},
 )

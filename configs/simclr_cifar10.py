@@ -21,7 +21,6 @@ def get_config():
     c.model.name = "resnet18"
     c.model.cifar_stem = True
     c.head.version = "v1"
-    c.head.hidden_dim = 512
     c.head.out_dim = 128
     c.batch_size = 512
     c.epochs = 1000.0

@@ -20,7 +20,6 @@ def get_config():
     c.model.cifar_stem = False
     c.model.dtype = "bfloat16"
     c.head.version = "v1"
-    c.head.hidden_dim = 2048
     c.head.out_dim = 128
     c.batch_size = 4096
     c.epochs = 100.0

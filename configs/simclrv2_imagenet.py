@@ -23,7 +23,6 @@ def get_config():
     c.model.dtype = "bfloat16"
     c.head.version = "v2"
     c.head.num_layers = 3
-    c.head.hidden_dim = 2048
     c.head.out_dim = 128
     c.batch_size = 4096
     c.epochs = 800.0

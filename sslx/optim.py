@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 OPTIMIZERS = ("lars", "sgd", "adamw")
@@ -39,8 +40,44 @@ def warmup_cosine(peak_lr: float, warmup_steps: int, total_steps: int) -> optax.
         decay_steps=max(total_steps, warmup_steps + 1), end_value=0.0)
 
 
+class PeakHoldState(NamedTuple):
+    count: jax.Array
+    peak: jax.Array
+
+
+def scale_by_held_peak(schedule: optax.Schedule) -> optax.GradientTransformation:
+    """Multiplies updates by max_{s <= step} schedule(s): the warm-up, then the peak rate, never decayed."""
+
+    def init(params):
+        del params
+        return PeakHoldState(jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32))
+
+    def update(updates, state, params=None):
+        del params
+        peak = jnp.maximum(state.peak, schedule(state.count))
+        return jax.tree.map(lambda u: peak * u, updates), PeakHoldState(state.count + 1, peak)
+
+    return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(optim_cfg: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
-    """Builds the optimizer named by `optim_cfg.name` around a learning-rate schedule."""
+    """The optimizer named by `optim_cfg.name` around a learning-rate schedule.
+
+    Top-level parameter groups named in `optim_cfg.constant_lr_modules` keep the peak rate after
+    warm-up (SimSiam's predictor, sec. 4.2); the same rule (LARS/SGD/AdamW) runs with learning rate 1
+    and is then scaled, as PyTorch SGD scales its momentum buffer by the rate.
+    """
+    scheduled = _base_optimizer(optim_cfg, schedule)
+    held = tuple(optim_cfg.constant_lr_modules)
+    if not held:
+        return scheduled
+    constant = optax.chain(_base_optimizer(optim_cfg, 1.0), scale_by_held_peak(schedule))
+    labels = lambda params: {k: jax.tree.map(lambda _: "constant" if k in held else "scheduled", v)  # noqa: E731
+                             for k, v in params.items()}
+    return optax.multi_transform({"scheduled": scheduled, "constant": constant}, labels)
+
+
+def _base_optimizer(optim_cfg: Any, schedule: optax.ScalarOrSchedule) -> optax.GradientTransformation:
     name = optim_cfg.name
     if name == "lars":
         return optax.lars(schedule, weight_decay=optim_cfg.weight_decay, weight_decay_mask=decay_mask,

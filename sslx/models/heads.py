@@ -12,6 +12,8 @@ class ProjectionHead(nn.Module):
 
     Non-final layers have a learned offset (the BN beta, or the Dense bias when use_bn=False) and a ReLU; the final
     layer has neither, as in the SimCLR reference code. SimCLR v1 uses 2 layers, v2 uses 3 (see `make_head`).
+    With final_bn=False the final layer is a Dense with bias and no BN: the projectors and predictors of BYOL,
+    SimSiam's predictor, MoCo v2, Barlow Twins and VICReg.
     Returns (z, hiddens) with hiddens = [input, layer 1 output, ..., z], so SimCLRv2 fine-tuning can keep the encoder
     plus the first head layers. Outputs are float32.
     """
@@ -19,6 +21,7 @@ class ProjectionHead(nn.Module):
     hidden_dim: int | None = None  # None: the width of the input features.
     out_dim: int = 128
     use_bn: bool = True
+    final_bn: bool = True   # False: the final layer is Dense with bias, no BN
     bn_axis_name: str | None = None
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
@@ -31,9 +34,10 @@ class ProjectionHead(nn.Module):
         h = x.astype(self.dtype)
         for layer in range(self.num_layers):
             final = layer == self.num_layers - 1
-            h = nn.Dense(self.out_dim if final else hidden_dim, use_bias=not (final or self.use_bn), dtype=self.dtype,
+            bias = not self.final_bn if final else not self.use_bn
+            h = nn.Dense(self.out_dim if final else hidden_dim, use_bias=bias, dtype=self.dtype,
                          param_dtype=jnp.float32, name=f"dense{layer}")(h)
-            if self.use_bn:
+            if self.use_bn and (self.final_bn or not final):
                 h = nn.BatchNorm(use_running_average=not train, use_bias=not final, momentum=self.bn_momentum,
                                  epsilon=self.bn_epsilon, axis_name=self.bn_axis_name, dtype=self.dtype,
                                  param_dtype=jnp.float32, name=f"bn{layer}")(h)

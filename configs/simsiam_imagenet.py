@@ -1,0 +1,27 @@
+"""SimSiam on ImageNet with a ResNet-50 (Chen & He 2021).
+
+    sslx-pretrain --config configs/simsiam_imagenet.py --workdir DIR [--config.data.data_dir=TFDS_DIR]
+
+Batch 512, SGD 0.05 x B/256, weight decay 1e-4, momentum 0.9, predictor rate not decayed, projector
+3 layers 2048 -> 2048, predictor 512 bottleneck, 100 epochs. Target: linear eval top-1 68.1% (paper).
+"""
+from sslx.config import base_config
+
+
+def get_config():
+    c = base_config()
+    c.data.name = "imagenet2012"
+    c.data.image_size = 224
+    c.augment.preset = "imagenet"
+    c.model.name = "resnet50"
+    c.model.cifar_stem = False
+    c.model.dtype = "bfloat16"
+    c.eval.batch_size = 1024
+    c.method = "simsiam"
+    c.head.num_layers, c.head.hidden_dim, c.head.out_dim = 3, 2048, 2048
+    c.predictor.num_layers, c.predictor.hidden_dim = 2, 512
+    c.batch_size = 512
+    c.epochs = 100.0
+    c.optim.name, c.optim.base_lr, c.optim.weight_decay, c.optim.warmup_epochs = "sgd", 0.05, 1e-4, 0.0
+    c.optim.constant_lr_modules = ("predictor",)
+    return c

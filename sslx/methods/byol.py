@@ -1,0 +1,31 @@
+"""BYOL (Grill et al. 2020): predict an EMA target's projection of the other view."""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from sslx.losses import byol_regression, embedding_std
+from sslx.methods.base import Metrics
+from sslx.methods.target import MomentumTargetMethod, cosine_momentum
+
+
+class BYOL(MomentumTargetMethod):
+    has_predictor = True
+
+    def momentum(self, step: jax.Array) -> jax.Array:
+        return cosine_momentum(step, self.total_steps, self.config.byol.tau_base)
+
+    def loss(self, params: Any, batch_stats: Any, extra: Any, batch: dict[str, jax.Array],
+             rng: jax.Array, step: jax.Array) -> tuple[jax.Array, tuple[Any, Metrics, Any]]:
+        del rng
+        out1, stats = self.forward(params, batch_stats, batch["view1"])
+        out2, stats = self.forward(params, stats, batch["view2"])
+        z1, target_stats = self.target_forward(extra, extra["target_batch_stats"], batch["view1"])
+        z2, target_stats = self.target_forward(extra, target_stats, batch["view2"])
+        # Eq. 2 plus its symmetric term: each view's prediction regresses the other view's target.
+        regression = byol_regression(out1["p"], z2) + byol_regression(out2["p"], z1)
+        probe_loss, probe_metrics = self.probe_loss(out1, batch)
+        metrics = {"byol_loss": regression, "tau": self.momentum(step), "z_std": embedding_std(out1["z"]),
+                   **probe_metrics}
+        return regression + probe_loss, (stats, metrics, {"target_batch_stats": target_stats})

@@ -1,0 +1,32 @@
+"""VICReg (Bardes, Ponce & LeCun 2022): invariance, variance and covariance terms on the two views'
+embeddings, with statistics over the global batch."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+
+from sslx.losses import embedding_std, vicreg
+from sslx.methods.base import Method, Metrics, SSLNetwork, build_encoder, build_head
+from sslx.parallel import BATCH_AXIS
+
+
+class VICReg(Method):
+
+    def network(self, axis_name: str | None) -> nn.Module:
+        return SSLNetwork(encoder=build_encoder(self.config.model, axis_name),
+                          head=build_head(self.config, axis_name), num_classes=self.num_classes)
+
+    def loss(self, params: Any, batch_stats: Any, extra: Any, batch: dict[str, jax.Array],
+             rng: jax.Array, step: jax.Array) -> tuple[jax.Array, tuple[Any, Metrics, Any]]:
+        del extra, rng, step
+        out1, stats = self.forward(params, batch_stats, batch["view1"])
+        out2, stats = self.forward(params, stats, batch["view2"])
+        cfg = self.config.vicreg
+        terms = vicreg(out1["z"], out2["z"], sim_coeff=cfg.sim_coeff, std_coeff=cfg.std_coeff,
+                       cov_coeff=cfg.cov_coeff, axis_name=BATCH_AXIS)
+        probe_loss, probe_metrics = self.probe_loss(out1, batch)
+        metrics = {"vicreg_loss": terms.loss, "invariance": terms.invariance, "variance": terms.variance,
+                   "covariance": terms.covariance, "z_std": embedding_std(out1["z"]), **probe_metrics}
+        return terms.loss + probe_loss, (stats, metrics, {})

@@ -150,10 +150,12 @@ def step_benchmark(model: str, global_batch: int, args: argparse.Namespace) -> d
 
 def input_benchmark(args: argparse.Namespace) -> list[dict]:
     from sslx.config import base_config
-    from sslx.data.bench import pipeline_views_per_second
+    from sslx.data.bench import all_modes
     data_cfg = base_config().data
     data_cfg.name, data_cfg.path = "tfrecord", args.data_path
-    return [pipeline_views_per_second(data_cfg, size, args.input_batch, seconds=args.seconds) for size in (32, 224)]
+    # Host augmentation, then config.augment.on_device: host decode only, and the JAX augmentation on its own.
+    return [result for size in (32, 224) for result in all_modes(data_cfg, size, args.input_batch,
+                                                                  seconds=args.seconds)]
 
 
 def main(argv: list[str] | None = None) -> None:

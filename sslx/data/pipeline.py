@@ -24,12 +24,21 @@ DEFAULT_SHUFFLE_BUFFER = 10_000
 
 
 def pretrain_iterator(data_cfg, specs: tuple[augment.AugmentSpec, augment.AugmentSpec], *, local_batch: int,
-                      image_size: int, seed: int, process_index: int = 0,
-                      process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
-    """Endless shuffled batches {'view1', 'view2': float32 [B,S,S,3] in [0, 1], 'label': int32 [B]}."""
+                      image_size: int, seed: int, process_index: int = 0, process_count: int = 1,
+                      on_device: bool = False, host_size: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """Endless shuffled batches {'view1', 'view2': float32 [B,S,S,3] in [0, 1], 'label': int32 [B]}.
+
+    With `on_device` the views are left to sslx.data.device_augment and batches are {'image': uint8, 'label'}:
+    fixed-size images as decoded, variable-size ones as a random square of their shorter side resized to
+    `host_size` (0: image_size * 8 / 7, 256 for 224). The device's random resized crop then samples within that
+    square, so unlike the host path it never spans the long side of a non-square image.
+    """
     source = sources.load_split(data_cfg, data_cfg.get("train_split", "train"),
                                 process_index=process_index, process_count=process_count)
     seed = _process_seed(seed, process_index)
+    if on_device:
+        host_size = host_size or default_host_size(image_size)
+        return _to_numpy(_device_inputs(source, data_cfg, local_batch, seed, host_size))
 
     def views(batch, batch_seed):
         view1, view2 = augment.two_views(batch["image"], specs, batch_seed, image_size)
@@ -127,6 +136,32 @@ def _subset(source: sources.Source, indices: Sequence[int], process_index: int,
     records = source.records.enumerate().filter(lambda i, _: keep[i]).map(lambda _, record: record).cache()
     info = dataclasses.replace(source.info, num_examples=int(keep.numpy().sum()))
     return dataclasses.replace(source, records=records.shard(process_count, process_index), info=info)
+
+
+def default_host_size(image_size: int) -> int:
+    """The on_device host square for variable-size images: Inception's resize-to-256-for-224 ratio."""
+    return round(image_size * 8 / 7)
+
+
+def _device_inputs(source: sources.Source, data_cfg, local_batch: int, seed: tf.Tensor,
+                   host_size: int) -> tf.data.Dataset:
+    """Batches {'image': uint8 [B,S,S,3], 'label'} to augment on device: decoding is all the host does."""
+    if _fixed_size(source):
+        return _decoded_batches(source, data_cfg, local_batch, seed)
+
+    def square(index, example):
+        image = example["image"]
+        shape = tf.shape(image)
+        side = tf.minimum(shape[0], shape[1])
+        spare = tf.cast(shape[:2] - side, tf.float32)
+        offset = tf.cast(tf.random.stateless_uniform([2], tf.random.experimental.stateless_fold_in(seed, index))
+                         * (spare + 1.0), tf.int32)
+        crop = image[offset[0]:offset[0] + side, offset[1]:offset[1] + side]
+        resized = tf.image.resize(crop, [host_size, host_size], antialias=True)  # antialias: mostly shrinking
+        return {"image": tf.saturate_cast(tf.round(resized), tf.uint8), "label": example["label"]}
+
+    examples = _shuffled(source.records, data_cfg, seed).map(source.decode, num_parallel_calls=AUTOTUNE)
+    return examples.enumerate().map(square, num_parallel_calls=AUTOTUNE).batch(local_batch, drop_remainder=True)
 
 
 def _fixed_size(source: sources.Source) -> bool:

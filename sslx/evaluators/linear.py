@@ -52,3 +52,59 @@ def linear_probe(train_features: np.ndarray, train_labels: np.ndarray, test_feat
     logits = test_x @ params["w"] + params["b"]
     test_y = jnp.asarray(test_labels)
     return {"top1": topk_accuracy(logits, test_y, 1), "top5": topk_accuracy(logits, test_y, 5)}
+
+
+def classifier_loss(params: dict[str, jax.Array], features: jax.Array, labels: jax.Array) -> jax.Array:
+    logits = features @ params["w"] + params["b"]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def init_classifier(feature_dim: int, num_classes: int) -> dict[str, jax.Array]:
+    # Zero init: uniform logits whatever the feature scale, and both linear-eval modes start from the same point.
+    return {"w": jnp.zeros((feature_dim, num_classes)), "b": jnp.zeros((num_classes,))}
+
+
+def classifier_optimizer(learning_rate: float, total_steps: int, *, momentum: float, nesterov: bool,
+                         weight_decay: float) -> optax.GradientTransformation:
+    """The linear-eval recipe of SimCLR/MoCo: momentum SGD (Nesterov), cosine decay, weight decay on w only."""
+    schedule = optax.cosine_decay_schedule(learning_rate, max(total_steps, 1))
+    mask = {"w": True, "b": False}
+    return optax.chain(optax.add_decayed_weights(weight_decay, mask=mask),
+                       optax.sgd(schedule, momentum=momentum, nesterov=nesterov))
+
+
+def sgd_on_features(features: np.ndarray, labels: np.ndarray, num_classes: int, optimizer: optax.GradientTransformation,
+                    *, batch_size: int, epochs: int, seed: int) -> dict[str, jax.Array]:
+    """The protocol's classifier training, on cached features: same optimizer, batch and epoch count.
+
+    One reshuffle per epoch and the last partial batch dropped, as the augmented-crop iterator does, so both
+    modes take the same number of steps.
+    """
+    x, y = jnp.asarray(features, jnp.float32), jnp.asarray(labels)
+    steps = len(y) // batch_size
+    if steps == 0:
+        raise ValueError(f"batch size {batch_size} exceeds the {len(y)} training examples")
+    params = init_classifier(x.shape[1], num_classes)
+
+    @jax.jit
+    def epoch(carry, key):
+        order = jax.random.permutation(key, len(y))[:steps * batch_size].reshape(steps, batch_size)
+
+        def step(carry, idx):
+            params, opt_state = carry
+            grads = jax.grad(classifier_loss)(params, x[idx], y[idx])
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), None
+
+        return jax.lax.scan(step, carry, order)[0]
+
+    carry = (params, optimizer.init(params))
+    for key in jax.random.split(jax.random.key(seed), epochs):
+        carry = epoch(carry, key)
+    return carry[0]
+
+
+def classifier_accuracy(params: dict[str, jax.Array], features: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    logits = jnp.asarray(features, jnp.float32) @ params["w"] + params["b"]
+    labels = jnp.asarray(labels)
+    return {"top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, 5)}

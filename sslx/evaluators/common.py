@@ -1,0 +1,71 @@
+"""What the evaluation stages share: the data section, split features and labels, results and their sinks."""
+from __future__ import annotations
+
+import pathlib
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from sslx import data, metrics, parallel
+from sslx.evaluators.encoders import Pretrained
+from sslx.evaluators.features import extract_features
+
+
+def data_config(config: ml_collections.ConfigDict, pretrain_config: ml_collections.ConfigDict):
+    """The eval config's data section when it names a data set, else the one the pretraining used."""
+    return config.data if config.data.name else pretrain_config.data
+
+
+def check_labelled(data_cfg, split: str) -> data.SplitInfo:
+    info = data.describe(data_cfg, split)
+    if info.num_classes <= 0:
+        raise ValueError(f"data set {data_cfg.name!r} split {split!r} has no labels (num_classes unknown): set "
+                         f"config.data to a labelled data set (for tfrecord: labels.txt or config.data.num_classes)")
+    return info
+
+
+def split_features(fn: Callable[[jax.Array], jax.Array], data_cfg, split: str, mesh: Mesh,
+                   batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """`fn(images)` for every example of `split` in its read order, with labels (centre crops, no augmentation)."""
+    local_batch = parallel.round_up(batch_size, mesh.size) // jax.process_count()
+    batches = data.eval_iterator(data_cfg, split, local_batch=local_batch, image_size=data_cfg.image_size,
+                                 process_index=jax.process_index(), process_count=jax.process_count())
+    return extract_features(fn, batches, mesh)
+
+
+def split_labels(data_cfg, split: str) -> np.ndarray:
+    """Labels of `split` in the read order the subset indices refer to."""
+    source = data.load_split(data_cfg, split)
+    labels = source.records.map(lambda record: source.decode(record)["label"])
+    return np.fromiter(labels.as_numpy_iterator(), np.int32)
+
+
+def labelled_batches(data_cfg, split: str, indices: np.ndarray | None, global_batch: int,
+                     seed: int) -> Iterator[dict]:
+    """Random crop + flip batches of `split` (only `indices` if given), endless, for this process."""
+    return data.supervised_iterator(data_cfg, split, local_batch=global_batch // jax.process_count(),
+                                    image_size=data_cfg.image_size, seed=seed, indices=indices,
+                                    process_index=jax.process_index(), process_count=jax.process_count())
+
+
+def base_results(stage: str, pretrained: Pretrained, split: str, num_labelled: int) -> dict[str, Any]:
+    return {"stage": stage, "pretrained": str(pretrained.workdir), "step": pretrained.step, "split": split,
+            "num_labelled": int(num_labelled), "model": pretrained.config.model.name,
+            "method": pretrained.config.get("method", "")}
+
+
+def finish(workdir: pathlib.Path, results: dict[str, Any], started: float) -> dict[str, Any]:
+    """Writes results.json and the scalars to TensorBoard / metrics.jsonl; logs one summary line."""
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    writer = metrics.MetricWriter(workdir)
+    writer.write(results["step"], {k: v for k, v in results.items()
+                                   if isinstance(v, float) and k not in ("seconds",)})
+    writer.close()
+    path = metrics.write_results(workdir, results)
+    metrics.log(f"{results['stage']}: top-1 {results['top1']:.4f}  top-5 {results['top5']:.4f} on "
+                f"{results['split']} ({results['seconds']:.0f} s); wrote {path}")
+    return results

@@ -1,0 +1,220 @@
+"""`sslx-finetune`: fine-tune a pretrained encoder (optionally with its first head layers) on a fraction of labels.
+
+SimCLRv2's semi-supervised recipe (Chen et al. 2020b, sec. 3): the classifier sits on the encoder, or on the
+output of projection-head layer `head_layers` (v2 keeps layer 1); everything trains with LARS at 0.005 x
+sqrt(batch), no weight decay, global BN, 60 epochs on 1% and 30 on 10% of ImageNet's labels. ImageNet's 1% and
+10% are the TFDS imagenet2012_subset lists (SimCLR's); any other data set gets a class-balanced subset drawn
+with `config.finetune.subset_seed`, listed in `<workdir>/label_subset.json`.
+
+The workdir is a classifier workdir: config.json records the architecture, `head_layers` and `num_classes`
+(`sslx.evaluators.encoders.build_classifier` rebuilds the network), checkpoints hold the train state.
+"""
+from __future__ import annotations
+
+import math
+import pathlib
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax import lax
+from jax.sharding import Mesh, PartitionSpec as P
+
+from sslx import metrics, optim, parallel
+from sslx.checkpoint import Checkpointer
+from sslx.evaluators import common, subsets
+from sslx.evaluators.encoders import Pretrained, build_classifier, check_head_layer, load_pretrained
+from sslx.evaluators.linear import topk_accuracy
+from sslx.losses import softmax_cross_entropy
+from sslx.parallel import BATCH_AXIS
+from sslx.train import TrainState
+
+IMAGENET_SUBSETS = {0.01: "imagenet2012_subset/1pct", 0.1: "imagenet2012_subset/10pct"}
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    if not config.pretrained:
+        raise ValueError("config.pretrained is required: pass --config.pretrained=PRETRAIN_WORKDIR")
+    subsets.check_fraction(config.finetune.label_fraction, "config.finetune.label_fraction")
+    if config.finetune.batch_size <= 0:
+        raise ValueError(f"config.finetune.batch_size={config.finetune.batch_size} must be positive")
+
+
+def default_epochs(label_fraction: float) -> float:
+    return 60.0 if label_fraction <= 0.01 else 30.0
+
+
+def record_config(config: ml_collections.ConfigDict, pretrained: Pretrained, data_cfg,
+                  num_classes: int) -> ml_collections.ConfigDict:
+    """The config.json of the fine-tuned workdir: this run's config plus what rebuilds its network."""
+    recorded = ml_collections.ConfigDict(config.to_dict())
+    recorded.data = ml_collections.ConfigDict(data_cfg.to_dict())
+    recorded.model = ml_collections.ConfigDict(pretrained.config.model.to_dict())
+    recorded.head = ml_collections.ConfigDict(pretrained.config.head.to_dict())
+    recorded.head_layers = config.finetune.head_layers
+    recorded.num_classes = num_classes
+    recorded.pretrained_step = pretrained.step
+    return recorded
+
+
+def finetune_optimizer(optim_cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
+    """`optim_cfg`'s optimizer for the network, plain momentum SGD without weight decay for the new classifier.
+
+    SimCLR excludes the supervised head from LARS adaptation and weight decay: the classifier starts at zero, and
+    a trust ratio proportional to its norm would keep it there.
+    """
+    labels = lambda params: {name: jax.tree.map(lambda _: "classifier" if name == "classifier" else "network",  # noqa: E731
+                                                subtree) for name, subtree in params.items()}
+    return optax.multi_transform({"network": optim.make_optimizer(optim_cfg, schedule),
+                                  "classifier": optax.sgd(schedule, momentum=optim_cfg.momentum)}, labels)
+
+
+def make_finetune_step(network, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+                       mesh: Mesh) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """`(state, batch) -> (state, metrics)`: cross-entropy of the global batch, data-parallel (see sslx.train)."""
+
+    def per_replica(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        def global_loss(params):
+            logits, updates = network.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
+                                            train=True, mutable=["batch_stats"])
+            loss = lax.pmean(softmax_cross_entropy(logits, batch["label"]), BATCH_AXIS)
+            return loss, (updates["batch_stats"], logits)
+
+        (loss, (batch_stats, logits)), grads = jax.value_and_grad(global_loss, has_aux=True)(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                              batch_stats=lax.pmean(batch_stats, BATCH_AXIS), opt_state=opt_state)
+        top1 = lax.pmean(jnp.mean(jnp.argmax(logits, -1) == batch["label"]), BATCH_AXIS)
+        return state, {"loss": loss, "train_top1": top1, "learning_rate": schedule(state.step - 1)}
+
+    sharded = jax.shard_map(per_replica, mesh=mesh, in_specs=(P(), P(BATCH_AXIS)), out_specs=(P(), P()))
+    return jax.jit(sharded, donate_argnums=0)
+
+
+class FineTuning:
+    """Everything built before the first compile: the encoder, the labelled subset, schedule and optimizer."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+        validate(config)
+        self.config = config
+        self.workdir = pathlib.Path(workdir)
+        cfg = config.finetune
+        self.mesh = parallel.make_mesh()
+        parallel.check_divisible(cfg.batch_size, self.mesh.size, "config.finetune.batch_size")
+        self.pretrained = load_pretrained(config.pretrained, config.step, self.mesh)
+        check_head_layer(self.pretrained.config, cfg.head_layers, "config.finetune.head_layers")
+        self.data = common.data_config(config, self.pretrained.config)
+        self.num_classes = common.check_labelled(self.data, self.data.train_split).num_classes
+        self.train_data, self.indices, self.num_labelled = self.labelled_subset()
+        epochs = cfg.epochs if cfg.epochs > 0 else default_epochs(cfg.label_fraction)
+        self.total_steps = max(math.ceil(epochs * self.num_labelled / cfg.batch_size), 1)
+        steps_per_epoch = max(self.num_labelled // cfg.batch_size, 1)
+        warmup = (cfg.optim.warmup_steps if cfg.optim.warmup_steps >= 0
+                  else round(cfg.optim.warmup_epochs * steps_per_epoch))
+        peak = optim.peak_learning_rate(cfg.optim.base_lr, cfg.batch_size, cfg.optim.lr_scaling)
+        self.schedule = optim.warmup_cosine(peak, warmup, self.total_steps)
+        self.optimizer = finetune_optimizer(cfg.optim, self.schedule)
+        self.recorded = record_config(config, self.pretrained, self.data, self.num_classes)
+
+    def labelled_subset(self) -> tuple[Any, np.ndarray | None, int]:
+        """(data section to train on, indices into its train split or None for all, number of labels)."""
+        cfg = self.config.finetune
+        fraction, split = cfg.label_fraction, self.data.train_split
+        if self.data.name == "imagenet2012" and fraction in IMAGENET_SUBSETS:
+            subset_data = ml_collections.ConfigDict(self.data.to_dict())
+            subset_data.name, subset_data.train_split = IMAGENET_SUBSETS[fraction], "train"
+            count = common.check_labelled(subset_data, "train").num_examples
+            subsets.write_subset(self.workdir, np.arange(count), dataset=subset_data.name, split="train",
+                                 note="the TFDS split is the list (SimCLR's); indices are its read order")
+            return subset_data, None, count
+        if fraction == 1.0:
+            return self.data, None, common.check_labelled(self.data, split).num_examples
+        indices = subsets.balanced_subset(common.split_labels(self.data, split), fraction, cfg.subset_seed)
+        subsets.write_subset(self.workdir, indices, dataset=self.data.name, split=split, fraction=fraction,
+                             seed=cfg.subset_seed)
+        return self.data, indices, len(indices)
+
+    def initial_state(self) -> TrainState:
+        """Fresh classifier; encoder and the kept head layers from the pretrained checkpoint."""
+        size = self.data.image_size
+        network = build_classifier(self.recorded, None)
+        variables = jax.jit(network.init, static_argnames="train")(
+            jax.random.key(self.config.seed), jnp.zeros((1, size, size, 3)), train=False)
+        params, batch_stats = dict(variables["params"]), dict(variables.get("batch_stats", {}))
+        params["encoder"] = self.pretrained.params["encoder"]
+        batch_stats["encoder"] = self.pretrained.batch_stats["encoder"]
+        if "head" in params:
+            params["head"] = {k: self.pretrained.params["head"][k] for k in params["head"]}
+            batch_stats["head"] = {k: self.pretrained.batch_stats["head"][k] for k in batch_stats["head"]}
+        state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                           opt_state=self.optimizer.init(params), extra={})
+        return parallel.replicate(state, self.mesh)
+
+    def batches(self, start_step: int) -> Iterator[dict]:
+        return common.labelled_batches(self.train_data, self.train_data.train_split, self.indices,
+                                       self.config.finetune.batch_size, self.config.seed * 1_000_003 + start_step)
+
+    def evaluate(self, state: TrainState) -> dict[str, float]:
+        network = build_classifier(self.recorded, None)
+        logits_fn = lambda images: network.apply(  # noqa: E731
+            {"params": state.params, "batch_stats": state.batch_stats}, images, train=False)
+        logits, labels = common.split_features(logits_fn, self.data, self.data.eval_split, self.mesh,
+                                               self.config.eval_batch_size)
+        logits, labels = jnp.asarray(logits), jnp.asarray(labels)
+        return {"top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, 5)}
+
+
+def train(run: FineTuning, checkpointer: Checkpointer, writer: metrics.MetricWriter) -> TrainState:
+    """Runs (or resumes) fine-tuning to total_steps; returns the final state."""
+    cfg = run.config.finetune
+    state = run.initial_state()
+    start = checkpointer.latest_step() or 0
+    if start:
+        state = checkpointer.restore(state)
+        metrics.log(f"resumed from step {start} in {checkpointer.directory}")
+    step_fn = make_finetune_step(build_classifier(run.recorded, BATCH_AXIS), run.optimizer, run.schedule, run.mesh)
+    progress = metrics.Progress(run.total_steps, cfg.batch_size, first_step=start)
+    batches = run.batches(start)
+    for step in range(start + 1, run.total_steps + 1):
+        batch = next(batches)
+        batch = parallel.shard_batch({"image": batch["image"], "label": batch["label"]}, run.mesh)
+        state, step_metrics = step_fn(state, batch)
+        if step % cfg.log_every_steps == 0 or step == run.total_steps:
+            scalars = metrics.to_python(step_metrics)
+            if not math.isfinite(scalars["loss"]):
+                raise FloatingPointError(f"non-finite fine-tuning loss at step {step}: lower "
+                                         f"config.finetune.optim.base_lr")
+            writer.write(step, scalars)
+            metrics.log(progress.line(step, scalars["loss"]))
+        if step % cfg.checkpoint_every_steps == 0 and step != run.total_steps:
+            checkpointer.save(step, state)
+    checkpointer.save(run.total_steps, state, force=True)
+    return state
+
+
+def run_finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """The `sslx-finetune` stage: fine-tune, save, report top-1/top-5 on the eval split in results.json."""
+    started = time.perf_counter()
+    run = FineTuning(config, workdir)
+    cfg = config.finetune
+    if metrics.is_chief():
+        run.workdir.mkdir(parents=True, exist_ok=True)
+        (run.workdir / "config.json").write_text(run.recorded.to_json_best_effort(indent=2) + "\n", encoding="utf-8")
+    metrics.log(f"fine-tuning {run.pretrained.workdir} step {run.pretrained.step} (+{cfg.head_layers} head layers) "
+                f"on {run.num_labelled} labels of {run.train_data.name}: {run.total_steps} steps at batch "
+                f"{cfg.batch_size}")
+    checkpointer = Checkpointer(run.workdir, keep=cfg.keep_checkpoints, every_steps=cfg.checkpoint_every_steps)
+    writer = metrics.MetricWriter(run.workdir)
+    try:
+        state = train(run, checkpointer, writer)
+    finally:
+        checkpointer.close()
+        writer.close()
+    results = common.base_results("finetune", run.pretrained, run.data.eval_split, run.num_labelled)
+    results.update(run.evaluate(state), label_fraction=cfg.label_fraction, head_layers=cfg.head_layers,
+                   finetune_steps=run.total_steps)
+    return common.finish(run.workdir, results, started)

@@ -1,0 +1,45 @@
+"""`sslx-knn`: weighted kNN top-1/top-5 of a pretrained encoder's frozen features (no training at all)."""
+from __future__ import annotations
+
+import pathlib
+import time
+from typing import Any
+
+import ml_collections
+
+from sslx import metrics, parallel
+from sslx.evaluators import common
+from sslx.evaluators.encoders import check_head_layer, embed, load_pretrained
+from sslx.evaluators.knn import knn_classify
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    if not config.pretrained:
+        raise ValueError("config.pretrained is required: pass --config.pretrained=PRETRAIN_WORKDIR")
+    if not config.knn.ks or min(config.knn.ks) <= 0:
+        raise ValueError(f"config.knn.ks={config.knn.ks} must be positive neighbour counts")
+    if config.knn.temperature <= 0:
+        raise ValueError(f"config.knn.temperature={config.knn.temperature} must be positive")
+
+
+def run_knn(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """The `sslx-knn` stage; top1/top5 in results.json are those of the first k in config.knn.ks."""
+    validate(config)
+    started = time.perf_counter()
+    mesh = parallel.make_mesh()
+    pretrained = load_pretrained(config.pretrained, config.step, mesh)
+    check_head_layer(pretrained.config, config.head_layer, "config.head_layer")
+    data_cfg = common.data_config(config, pretrained.config)
+    info = common.check_labelled(data_cfg, data_cfg.train_split)
+    metrics.log(f"kNN (k {tuple(config.knn.ks)}, T {config.knn.temperature}) of {pretrained.workdir} step "
+                f"{pretrained.step} on {data_cfg.name}")
+    fn = lambda images: embed(pretrained.config, pretrained.variables, images, config.head_layer)  # noqa: E731
+    train = common.split_features(fn, data_cfg, data_cfg.train_split, mesh, config.eval_batch_size)
+    test = common.split_features(fn, data_cfg, data_cfg.eval_split, mesh, config.eval_batch_size)
+    scores = knn_classify(*train, *test, info.num_classes, mesh, ks=tuple(config.knn.ks),
+                          temperature=config.knn.temperature, query_chunk=config.knn.query_chunk)
+    first = config.knn.ks[0]
+    results = common.base_results("knn", pretrained, data_cfg.eval_split, len(train[1]))
+    results.update(scores, top1=scores[f"k{first}_top1"], top5=scores[f"k{first}_top5"], k=first,
+                   temperature=config.knn.temperature)
+    return common.finish(pathlib.Path(workdir), results, started)

@@ -1,0 +1,175 @@
+"""`sslx-linear-eval`: a linear classifier on the frozen features of a pretrained encoder.
+
+protocol: the papers' recipe. Every step pushes random crop + flip views through the frozen encoder (eval-mode
+  BN) and takes a momentum-SGD step on the classifier, data-parallel over the mesh.
+fast: features of centre crops are extracted once, sharded over the devices, and the classifier trains on the
+  cached features with the same optimizer, batch and epochs (or by full-batch L-BFGS).
+With several learning rates, each is trained on train minus a held-out class-balanced split, the best on that
+split retrains on all of train, and the test split is reported.
+"""
+from __future__ import annotations
+
+import pathlib
+import time
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+from jax import lax
+from jax.sharding import Mesh, PartitionSpec as P
+
+from sslx import metrics, parallel
+from sslx.evaluators import common, linear, subsets
+from sslx.evaluators.encoders import Pretrained, check_head_layer, embed, load_pretrained
+from sslx.parallel import BATCH_AXIS
+
+MODES = ("protocol", "fast")
+SOLVERS = ("sgd", "lbfgs")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    if not config.pretrained:
+        raise ValueError("config.pretrained is required: pass --config.pretrained=PRETRAIN_WORKDIR")
+    if config.linear.mode not in MODES:
+        raise ValueError(f"config.linear.mode={config.linear.mode!r} is not one of {MODES}")
+    if config.linear.solver not in SOLVERS:
+        raise ValueError(f"config.linear.solver={config.linear.solver!r} is not one of {SOLVERS}")
+    if not config.linear.learning_rates or min(config.linear.learning_rates) <= 0:
+        raise ValueError(f"config.linear.learning_rates={config.linear.learning_rates} must be positive numbers")
+    if config.linear.epochs <= 0:
+        raise ValueError(f"config.linear.epochs={config.linear.epochs} must be positive")
+
+
+def make_probe_step(pretrained: Pretrained, head_layer: int, standardize: Callable,
+                    optimizer: optax.GradientTransformation, mesh: Mesh) -> Callable:
+    """`(classifier, opt_state, variables, batch) -> (classifier, opt_state, loss)` per replica over the mesh.
+
+    The encoder variables are an argument, not a closure: closed-over arrays would be baked into the program.
+    """
+
+    def per_replica(classifier, opt_state, variables, batch):
+        features = standardize(lax.stop_gradient(embed(pretrained.config, variables, batch["image"], head_layer)))
+
+        def global_loss(params):
+            return lax.pmean(linear.classifier_loss(params, features, batch["label"]), BATCH_AXIS)
+
+        loss, grads = jax.value_and_grad(global_loss)(classifier)
+        updates, opt_state = optimizer.update(grads, opt_state, classifier)
+        return optax.apply_updates(classifier, updates), opt_state, loss
+
+    sharded = jax.shard_map(per_replica, mesh=mesh, in_specs=(P(), P(), P(), P(BATCH_AXIS)),
+                            out_specs=(P(), P(), P()))
+    return jax.jit(sharded, donate_argnums=(0, 1))
+
+
+class LinearEval:
+    """The frozen encoder, the data and the cached eval-preprocessed features the classifiers are scored on."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        validate(config)
+        self.config = config
+        self.mesh = parallel.make_mesh()
+        parallel.check_divisible(config.linear.batch_size, self.mesh.size, "config.linear.batch_size")
+        self.pretrained = load_pretrained(config.pretrained, config.step, self.mesh)
+        check_head_layer(self.pretrained.config, config.head_layer, "config.head_layer")
+        self.data = common.data_config(config, self.pretrained.config)
+        self.info = common.check_labelled(self.data, self.data.train_split)
+        self.num_classes = self.info.num_classes
+
+    def features(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        fn = lambda images: embed(self.pretrained.config, self.pretrained.variables, images,  # noqa: E731
+                                  self.config.head_layer)
+        return common.split_features(fn, self.data, split, self.mesh, self.config.eval_batch_size)
+
+    def fit_standardizer(self, train_features: np.ndarray) -> None:
+        """Per-dimension standardisation with train-split statistics, shared by both modes: SGD's learning rate
+        then means the same for every encoder, whatever the scale of its features."""
+        mean = train_features.mean(0)
+        std = train_features.std(0) + 1e-6
+        self.standardize = lambda x: (x - mean) / std  # noqa: E731
+
+    def optimizer(self, base_lr: float, num_train: int) -> optax.GradientTransformation:
+        cfg = self.config.linear
+        return linear.classifier_optimizer(base_lr * cfg.batch_size / 256, self.total_steps(num_train),
+                                           momentum=cfg.momentum, nesterov=cfg.nesterov,
+                                           weight_decay=cfg.weight_decay)
+
+    def total_steps(self, num_train: int) -> int:
+        return self.config.linear.epochs * (num_train // self.config.linear.batch_size)
+
+    def feature_dim(self) -> int:
+        size = self.data.image_size
+        images = jax.ShapeDtypeStruct((1, size, size, 3), np.float32)
+        return jax.eval_shape(lambda x: embed(self.pretrained.config, self.pretrained.variables, x,
+                                              self.config.head_layer), images).shape[1]
+
+    def train_protocol(self, indices: np.ndarray | None, num_train: int, base_lr: float) -> dict[str, jax.Array]:
+        """Classifier trained on augmented crops of `indices` (None: all of train) through the frozen encoder."""
+        cfg = self.config.linear
+        optimizer = self.optimizer(base_lr, num_train)
+        step_fn = make_probe_step(self.pretrained, self.config.head_layer, self.standardize, optimizer, self.mesh)
+        classifier = parallel.replicate(linear.init_classifier(self.feature_dim(), self.num_classes), self.mesh)
+        opt_state = parallel.replicate(optimizer.init(classifier), self.mesh)
+        total = self.total_steps(num_train)
+        batches = common.labelled_batches(self.data, self.data.train_split, indices, cfg.batch_size,
+                                          self.config.seed)
+        progress = metrics.Progress(total, cfg.batch_size)
+        log_every = max(total // 10, 1)
+        for step in range(1, total + 1):
+            batch = next(batches)
+            batch = parallel.shard_batch({"image": batch["image"], "label": batch["label"]}, self.mesh)
+            classifier, opt_state, loss = step_fn(classifier, opt_state, self.pretrained.variables, batch)
+            if step % log_every == 0 or step == total:
+                metrics.log(progress.line(step, float(loss)))
+        return classifier
+
+    def train_fast(self, features: np.ndarray, labels: np.ndarray, base_lr: float) -> dict[str, jax.Array]:
+        cfg = self.config.linear
+        if cfg.solver == "lbfgs":
+            fit = jax.jit(linear.fit_logistic_regression, static_argnames=("num_classes", "steps"))
+            return fit(features, labels, self.num_classes, l2=cfg.lbfgs_l2, steps=cfg.lbfgs_steps)
+        return linear.sgd_on_features(features, labels, self.num_classes, self.optimizer(base_lr, len(labels)),
+                                      batch_size=cfg.batch_size, epochs=cfg.epochs, seed=self.config.seed)
+
+
+def select_learning_rate(run: LinearEval, train: tuple[np.ndarray, np.ndarray]) -> tuple[float, dict[str, float]]:
+    """The learning rate with the best top-1 on a held-out part of train, and every rate's score."""
+    rates = list(run.config.linear.learning_rates)
+    if len(rates) == 1:
+        return rates[0], {}
+    features, labels = train
+    fit, held = subsets.split_off(np.arange(len(labels)), labels, run.config.linear.val_fraction, run.config.seed)
+    scores = {}
+    for rate in rates:
+        if run.config.linear.mode == "fast":
+            classifier = run.train_fast(features[fit], labels[fit], rate)
+        else:
+            classifier = run.train_protocol(fit, len(fit), rate)
+        scores[f"val_top1_lr{rate:g}"] = linear.classifier_accuracy(classifier, features[held], labels[held])["top1"]
+        metrics.log(f"learning rate {rate:g}: validation top-1 {scores[f'val_top1_lr{rate:g}']:.4f}")
+    return max(rates, key=lambda r: scores[f"val_top1_lr{r:g}"]), scores
+
+
+def run_linear_eval(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """The `sslx-linear-eval` stage: writes results.json (top-1/top-5 on the eval split) and returns it."""
+    started = time.perf_counter()
+    run = LinearEval(config)
+    cfg = config.linear
+    metrics.log(f"linear eval ({cfg.mode}) of {run.pretrained.workdir} step {run.pretrained.step} on "
+                f"{run.data.name}: {cfg.epochs} epochs, batch {cfg.batch_size}, rates {tuple(cfg.learning_rates)}")
+    features, labels = run.features(run.data.train_split)
+    run.fit_standardizer(features)
+    train = (np.asarray(run.standardize(features)), labels)
+    rate, sweep = select_learning_rate(run, train)
+    if cfg.mode == "fast":
+        classifier = run.train_fast(*train, rate)
+    else:
+        classifier = run.train_protocol(None, run.info.num_examples, rate)
+    test_features, test_labels = run.features(run.data.eval_split)
+    test_features = np.asarray(run.standardize(test_features))
+    results = common.base_results("linear_eval", run.pretrained, run.data.eval_split, run.info.num_examples)
+    results.update(linear.classifier_accuracy(classifier, test_features, test_labels), mode=cfg.mode,
+                   learning_rate=float(rate), epochs=cfg.epochs, **sweep)
+    return common.finish(pathlib.Path(workdir), results, started)

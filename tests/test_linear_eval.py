@@ -1,0 +1,103 @@
+"""Linear evaluation: the classifiers on synthetic features, label subsets, and restoring a pretrained encoder."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from sslx import parallel
+from sslx.checkpoint import Checkpointer
+from sslx.config import base_config
+from sslx.evaluators import linear, subsets
+from sslx.evaluators.encoders import embed, load_pretrained
+from sslx.methods import build_method
+from sslx.train import create_train_state
+
+
+def separable(n, num_classes=5, dim=32):
+    """Well-separated Gaussian classes: the Bayes classifier is linear and all but perfect."""
+    rng = np.random.default_rng(0)
+    centres = 4.0 * rng.normal(size=(num_classes, dim))
+    labels = rng.integers(0, num_classes, n)
+    return (centres[labels] + rng.normal(size=(n, dim))).astype(np.float32), labels
+
+
+def test_sgd_on_features_separates_a_linearly_separable_set():
+    x, y = separable(2500)
+    train_x, train_y, test_x, test_y = x[:2000], y[:2000], x[2000:], y[2000:]
+    optimizer = linear.classifier_optimizer(0.1, 5 * (2000 // 100), momentum=0.9, nesterov=True, weight_decay=0.0)
+    params = linear.sgd_on_features(train_x, train_y, 5, optimizer, batch_size=100, epochs=5, seed=0)
+    assert linear.classifier_accuracy(params, test_x, test_y)["top1"] > 0.99
+    fit = linear.fit_logistic_regression(jnp.asarray(train_x), jnp.asarray(train_y), 5, l2=1e-4, steps=100)
+    assert linear.classifier_accuracy(fit, test_x, test_y)["top1"] > 0.99
+
+
+def test_balanced_subset_is_deterministic_and_class_balanced(tmp_path):
+    labels = np.random.default_rng(0).permutation(np.repeat(np.arange(10), 500))
+    first = subsets.balanced_subset(labels, 0.01, seed=3)
+    assert np.array_equal(first, subsets.balanced_subset(labels, 0.01, seed=3))
+    assert not np.array_equal(first, subsets.balanced_subset(labels, 0.01, seed=4))
+    assert np.array_equal(np.bincount(labels[first], minlength=10), np.full(10, 5))
+    assert len(np.unique(first)) == len(first) == 50
+    fit, held = subsets.split_off(np.arange(len(labels)), labels, 0.1, seed=0)
+    assert len(np.intersect1d(fit, held)) == 0 and len(fit) + len(held) == len(labels)
+    path = subsets.write_subset(tmp_path, first, dataset="cifar10", split="train", fraction=0.01, seed=3)
+    assert json.loads(path.read_text())["indices"] == first.tolist()
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.1, 1.5])
+def test_label_fraction_outside_the_unit_interval_is_refused(fraction):
+    with pytest.raises(ValueError, match="config.finetune.label_fraction"):
+        subsets.check_fraction(fraction, "config.finetune.label_fraction")
+
+
+def tiny_config():
+    c = base_config()
+    c.data.name, c.data.image_size = "digits", 8
+    c.model.width, c.head.hidden_dim, c.head.out_dim = 0.125, 32, 16
+    c.optim.name = "sgd"
+    return c
+
+
+def save_pretraining(workdir, config, step=3):
+    """A pretraining workdir without training: config.json and one checkpoint of a fresh state."""
+    method = build_method(config, 10, 10)
+    state = create_train_state(method, optax.sgd(0.1), jax.random.key(0), jnp.zeros((2, 8, 8, 3)))
+    checkpointer = Checkpointer(workdir, keep=2, every_steps=1)
+    checkpointer.save(step, state.replace(step=jnp.asarray(step, jnp.int32)), force=True)
+    checkpointer.close()
+    (workdir / "config.json").write_text(config.to_json_best_effort())
+    return method, state
+
+
+def test_load_pretrained_restores_encoder_and_head_only(tmp_path):
+    config = tiny_config()
+    method, state = save_pretraining(tmp_path, config)
+    pretrained = load_pretrained(str(tmp_path), None, parallel.make_mesh())
+    assert pretrained.step == 3 and set(pretrained.params) == {"encoder", "head"}
+    images = jax.random.uniform(jax.random.key(1), (4, 8, 8, 3))
+    expected = jax.jit(method.encode)(state.params, state.batch_stats, images)
+    for layer, width in ((0, expected.shape[1]), (1, 32)):
+        features = jax.jit(lambda v, x: embed(pretrained.config, v, x, layer))(pretrained.variables, images)
+        assert features.shape == (4, width)
+        if layer == 0:
+            np.testing.assert_allclose(features, expected, atol=1e-6)
+
+
+def test_bad_pretrained_workdirs_name_the_path(tmp_path):
+    mesh = parallel.make_mesh()
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "missing")):
+        load_pretrained(str(tmp_path / "missing"), None, mesh)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_pretrained(str(tmp_path / "empty"), None, mesh)
+    config = tiny_config()
+    save_pretraining(tmp_path, config)
+    with pytest.raises(FileNotFoundError, match="step 7"):
+        load_pretrained(str(tmp_path), 7, mesh)
+    config.model.width = 0.25   # config.json now describes another architecture than the checkpoint holds
+    (tmp_path / "config.json").write_text(config.to_json_best_effort())
+    with pytest.raises(ValueError, match=r"checkpoints/3 has \['.*of shape .*another architecture"):
+        load_pretrained(str(tmp_path), None, mesh)

@@ -54,7 +54,7 @@ class TinySimCLR(Method):
     def loss(self, params, batch_stats, extra, batch, rng, step):
         outputs, stats = self.embed(params, batch_stats, batch)
         loss, metrics = self.loss_from_embeddings(outputs, batch)
-        return loss, (stats, metrics)
+        return loss, (stats, metrics, {})
 
 
 class GroupedBNSimCLR(TinySimCLR):
@@ -66,7 +66,7 @@ class GroupedBNSimCLR(TinySimCLR):
         outputs = jax.tree.map(lambda *xs: jnp.concatenate(xs), *outputs)
         stats = jax.tree.map(lambda *xs: sum(xs) / len(xs), *stats)
         loss, metrics = self.loss_from_embeddings(outputs, batch)
-        return loss, (stats, metrics)
+        return loss, (stats, metrics, {})
 
 
 def make_batch(examples, seed):

@@ -6,9 +6,8 @@ Batch 4096, LARS 0.2 x B/256 = 3.2 excluding BN/bias from decay and adaptation, 
 10 warm-up epochs, tau 0.996 -> 1 by a cosine, projector 4096 -> 256, predictor 4096 -> 256,
 asymmetric views (blur 1.0 / 0.1, solarize 0 / 0.2). Target: linear eval top-1 74.3% (paper, 1000 ep).
 """
-import ml_collections
 
-from sslx.config import base_config
+from sslx.config import base_config, use_byol_views
 
 
 def get_config():
@@ -20,12 +19,7 @@ def get_config():
     c.model.cifar_stem = False
     c.model.dtype = "bfloat16"
     c.eval.batch_size = 1024
-    # BYOL's asymmetric views (Grill et al. 2020, table 6).
-    c.augment.brightness, c.augment.contrast, c.augment.saturation, c.augment.hue = 0.4, 0.4, 0.2, 0.1
-    c.augment.jitter_prob = 0.8
-    c.augment.grayscale_prob = 0.2
-    c.augment.view1 = ml_collections.ConfigDict({"blur_prob": 1.0, "solarize_prob": 0.0})
-    c.augment.view2 = ml_collections.ConfigDict({"blur_prob": 0.1, "solarize_prob": 0.2})
+    use_byol_views(c.augment)
     c.method = "byol"
     c.head.num_layers, c.head.hidden_dim, c.head.out_dim, c.head.final_bn = 2, 4096, 256, False
     c.predictor.num_layers, c.predictor.hidden_dim = 2, 4096

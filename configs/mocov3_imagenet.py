@@ -7,9 +7,8 @@ scaling), weight decay 1e-6, T 1.0, momentum 0.99 -> 1 by a cosine, projector 40
 predictor 4096 -> 256, BYOL's asymmetric views, 10 warm-up epochs. Target: linear eval top-1 68.9%
 (100 epochs) / 73.8% (300 epochs, paper).
 """
-import ml_collections
 
-from sslx.config import base_config
+from sslx.config import base_config, use_byol_views
 
 
 def get_config():
@@ -21,12 +20,7 @@ def get_config():
     c.model.cifar_stem = False
     c.model.dtype = "bfloat16"
     c.eval.batch_size = 1024
-    # BYOL's asymmetric views (Grill et al. 2020, table 6).
-    c.augment.brightness, c.augment.contrast, c.augment.saturation, c.augment.hue = 0.4, 0.4, 0.2, 0.1
-    c.augment.jitter_prob = 0.8
-    c.augment.grayscale_prob = 0.2
-    c.augment.view1 = ml_collections.ConfigDict({"blur_prob": 1.0, "solarize_prob": 0.0})
-    c.augment.view2 = ml_collections.ConfigDict({"blur_prob": 0.1, "solarize_prob": 0.2})
+    use_byol_views(c.augment)
     c.method = "mocov3"
     c.head.num_layers, c.head.hidden_dim, c.head.out_dim = 3, 4096, 256
     c.predictor.num_layers, c.predictor.hidden_dim = 2, 4096

@@ -5,9 +5,8 @@
 Projector 3 layers 8192 (last without BN), lambda 25, mu 25, nu 1, batch 2048, LARS 0.2 x B/256,
 weight decay 1e-6, 10 warm-up epochs, 1000 epochs, BYOL's views. Target: linear eval top-1 73.2%.
 """
-import ml_collections
 
-from sslx.config import base_config
+from sslx.config import base_config, use_byol_views
 
 
 def get_config():
@@ -19,12 +18,7 @@ def get_config():
     c.model.cifar_stem = False
     c.model.dtype = "bfloat16"
     c.eval.batch_size = 1024
-    # BYOL's asymmetric views (Grill et al. 2020, table 6).
-    c.augment.brightness, c.augment.contrast, c.augment.saturation, c.augment.hue = 0.4, 0.4, 0.2, 0.1
-    c.augment.jitter_prob = 0.8
-    c.augment.grayscale_prob = 0.2
-    c.augment.view1 = ml_collections.ConfigDict({"blur_prob": 1.0, "solarize_prob": 0.0})
-    c.augment.view2 = ml_collections.ConfigDict({"blur_prob": 0.1, "solarize_prob": 0.2})
+    use_byol_views(c.augment)
     c.method = "vicreg"
     c.head.num_layers, c.head.hidden_dim, c.head.out_dim, c.head.final_bn = 3, 8192, 8192, False
     c.vicreg.sim_coeff, c.vicreg.std_coeff, c.vicreg.cov_coeff = 25.0, 25.0, 1.0

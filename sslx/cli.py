@@ -20,8 +20,7 @@ RUN_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
 
 
 def _one_line(error: BaseException) -> str:
-    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
-    return " ".join(text.split()) or type(error).__name__
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _fail(program: str, error: BaseException, leave: Callable[[int], None] = sys.exit) -> None:

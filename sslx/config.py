@@ -170,6 +170,15 @@ def eval_config() -> ml_collections.ConfigDict:
     return c
 
 
+def use_byol_views(augment: ml_collections.ConfigDict) -> None:
+    """BYOL's asymmetric ImageNet views (Grill et al. 2020, table 6), shared by the recipes that adopt them."""
+    augment.brightness, augment.contrast, augment.saturation, augment.hue = 0.4, 0.4, 0.2, 0.1
+    augment.jitter_prob = 0.8
+    augment.grayscale_prob = 0.2
+    augment.view1 = ml_collections.ConfigDict({"blur_prob": 1.0, "solarize_prob": 0.0})
+    augment.view2 = ml_collections.ConfigDict({"blur_prob": 0.1, "solarize_prob": 0.2})
+
+
 def _choice(value, choices, key):
     if value not in choices:
         raise ValueError(f"{key}={value!r} is not one of {choices}.")

@@ -13,6 +13,7 @@ from jax.sharding import Mesh
 from sslx import data, metrics, parallel
 from sslx.evaluators.encoders import Pretrained
 from sslx.evaluators.features import extract_features
+from sslx.evaluators.linear import topk_accuracy
 
 
 def data_config(config: ml_collections.ConfigDict, pretrain_config: ml_collections.ConfigDict):
@@ -69,3 +70,12 @@ def finish(workdir: pathlib.Path, results: dict[str, Any], started: float) -> di
     metrics.log(f"{results['stage']}: top-1 {results['top1']:.4f}  top-5 {results['top5']:.4f} on "
                 f"{results['split']} ({results['seconds']:.0f} s); wrote {path}")
     return results
+
+
+def classifier_accuracy(network, variables: dict[str, Any], data_cfg, mesh: Mesh,
+                        batch_size: int) -> dict[str, float]:
+    """Top-1/top-5 of a classifier network (eval mode) on `data_cfg.eval_split`, data-parallel."""
+    logits_fn = lambda images: network.apply(variables, images, train=False)  # noqa: E731
+    logits, labels = split_features(logits_fn, data_cfg, data_cfg.eval_split, mesh, batch_size)
+    logits, labels = jax.numpy.asarray(logits), jax.numpy.asarray(labels)
+    return {"top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, 5)}

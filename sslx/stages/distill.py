@@ -39,7 +39,6 @@ from sslx.config import base_config, distributed_config
 from sslx.data import augment
 from sslx.evaluators import common, subsets
 from sslx.evaluators.encoders import build_classifier, load_pretrained, read_config
-from sslx.evaluators.linear import topk_accuracy
 from sslx.parallel import BATCH_AXIS
 from sslx.stages.finetune import IMAGENET_SUBSETS
 from sslx.train import TrainState
@@ -348,13 +347,9 @@ class Distillation:
         return {} if self.logits is not None else self.teacher.variables
 
     def evaluate(self, state: TrainState) -> dict[str, float]:
-        network = build_classifier(self.recorded, None)
-        logits_fn = lambda images: network.apply(  # noqa: E731
-            {"params": state.params, "batch_stats": state.batch_stats}, images, train=False)
-        logits, labels = common.split_features(logits_fn, self.data, self.data.eval_split, self.mesh,
-                                               self.config.eval_batch_size)
-        logits, labels = jnp.asarray(logits), jnp.asarray(labels)
-        return {"top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, 5)}
+        return common.classifier_accuracy(
+            build_classifier(self.recorded, None), {"params": state.params, "batch_stats": state.batch_stats},
+            self.data, self.mesh, self.config.eval_batch_size)
 
 
 def train(run: Distillation, checkpointer: Checkpointer, writer: metrics.MetricWriter) -> TrainState:

@@ -28,7 +28,6 @@ from sslx import metrics, optim, parallel
 from sslx.checkpoint import Checkpointer
 from sslx.evaluators import common, subsets
 from sslx.evaluators.encoders import Pretrained, build_classifier, check_head_layer, load_pretrained
-from sslx.evaluators.linear import topk_accuracy
 from sslx.losses import softmax_cross_entropy
 from sslx.parallel import BATCH_AXIS
 from sslx.train import TrainState
@@ -159,13 +158,9 @@ class FineTuning:
                                        self.config.finetune.batch_size, self.config.seed * 1_000_003 + start_step)
 
     def evaluate(self, state: TrainState) -> dict[str, float]:
-        network = build_classifier(self.recorded, None)
-        logits_fn = lambda images: network.apply(  # noqa: E731
-            {"params": state.params, "batch_stats": state.batch_stats}, images, train=False)
-        logits, labels = common.split_features(logits_fn, self.data, self.data.eval_split, self.mesh,
-                                               self.config.eval_batch_size)
-        logits, labels = jnp.asarray(logits), jnp.asarray(labels)
-        return {"top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, 5)}
+        return common.classifier_accuracy(
+            build_classifier(self.recorded, None), {"params": state.params, "batch_stats": state.batch_stats},
+            self.data, self.mesh, self.config.eval_batch_size)
 
 
 def train(run: FineTuning, checkpointer: Checkpointer, writer: metrics.MetricWriter) -> TrainState:

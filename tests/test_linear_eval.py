@@ -7,10 +7,10 @@ import numpy as np
 import optax
 import pytest
 
-from sslx import parallel
+from sslx import data, parallel
 from sslx.checkpoint import Checkpointer
 from sslx.config import base_config
-from sslx.evaluators import linear, subsets
+from sslx.evaluators import common, linear, subsets
 from sslx.evaluators.encoders import embed, load_pretrained
 from sslx.methods import build_method
 from sslx.train import create_train_state
@@ -43,8 +43,20 @@ def test_balanced_subset_is_deterministic_and_class_balanced(tmp_path):
     assert len(np.unique(first)) == len(first) == 50
     fit, held = subsets.split_off(np.arange(len(labels)), labels, 0.1, seed=0)
     assert len(np.intersect1d(fit, held)) == 0 and len(fit) + len(held) == len(labels)
-    path = subsets.write_subset(tmp_path, first, dataset="cifar10", split="train", fraction=0.01, seed=3)
-    assert json.loads(path.read_text())["indices"] == first.tolist()
+
+
+def test_label_subset_lists_the_ids_of_balanced_training_examples_disjoint_from_test(cifar10_dir, tmp_path):
+    data_cfg = base_config().data
+    data_cfg.name, data_cfg.path = "tfrecord", str(cifar10_dir)
+    _, indices, count = common.labelled_subset(data_cfg, 0.01, seed=3, workdir=tmp_path)
+    written = json.loads((tmp_path / "label_subset.json").read_text())
+    assert count == written["num_examples"] == 500 and written["indices"] == indices.tolist()
+    assert common.labelled_subset(data_cfg, 0.01, seed=3, workdir=tmp_path / "again")[1].tolist() == indices.tolist()
+    # The ids are the records' own `id` features (train/<class>/<file>), balanced over classes, none from test.
+    assert len(set(written["ids"])) == 500 and all(i.startswith("train/") for i in written["ids"])
+    classes = [i.split("/")[1] for i in written["ids"]]
+    assert all(classes.count(name) == 50 for name in set(classes)) and len(set(classes)) == 10
+    assert not set(written["ids"]) & set(data.labels_and_ids(data_cfg, "test")[1])
 
 
 @pytest.mark.parametrize("fraction", [0.0, -0.1, 1.5])

@@ -88,6 +88,34 @@ def load_split(data_cfg, split: str, *, process_index: int = 0, process_count: i
                   _decode_tfds, info)
 
 
+def labels_and_ids(data_cfg, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and stable keys of `split`'s examples in its unsharded read order (what subset indices refer to),
+    read without decoding a single image.
+
+    Keys: a TFRecord's `id` bytes feature (`<split>/<position>` where records have none); the `tfds_id` TFDS
+    attaches to every example; `digits/<split>/<position>` for digits.
+    """
+    name = data_cfg.name
+    if name == "digits":
+        labels = _digits(split)[1]
+        return labels, np.array([f"digits/{split}/{i}" for i in range(len(labels))])
+    if name == "tfrecord":
+        parse = lambda r: tf.io.parse_single_example(r, _KEY_FEATURES)  # noqa: E731
+        keys = tf.data.TFRecordDataset(_tfrecord_files(str(data_cfg.path), split)).map(parse)
+    else:
+        import tensorflow_datasets as tfds
+        builder = _tfds_builder(name, data_cfg.get("data_dir"))
+        keys = builder.as_dataset(split=split, shuffle_files=False, read_config=tfds.ReadConfig(add_tfds_id=True),
+                                  decoders={"image": tfds.decode.SkipDecoding()})
+        keys = keys.map(lambda r: {"label": r.get("label", tf.constant(-1, tf.int64)), "id": r["tfds_id"]})
+    pairs = list(keys.batch(4096).as_numpy_iterator())
+    labels = np.concatenate([p["label"] for p in pairs]).astype(np.int32)
+    ids = np.array([key.decode() for p in pairs for key in p["id"]])
+    missing = ids == ""
+    ids[missing] = [f"{split}/{i}" for i in np.flatnonzero(missing)]
+    return labels, ids
+
+
 def _capped(info: SplitInfo, max_examples: int) -> SplitInfo:
     if 0 < max_examples < info.num_examples:
         return dataclasses.replace(info, num_examples=max_examples)
@@ -116,6 +144,7 @@ def _digits(split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 _FEATURES = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64, -1)}
+_KEY_FEATURES = {"label": _FEATURES["label"], "id": tf.io.FixedLenFeature([], tf.string, "")}
 
 
 def _decode_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:

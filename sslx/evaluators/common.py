@@ -11,6 +11,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from sslx import data, metrics, parallel
+from sslx.evaluators import subsets
 from sslx.evaluators.encoders import Pretrained
 from sslx.evaluators.features import extract_features
 from sslx.evaluators.linear import topk_accuracy
@@ -38,11 +39,32 @@ def split_features(fn: Callable[[jax.Array], jax.Array], data_cfg, split: str, m
     return extract_features(fn, batches, mesh)
 
 
-def split_labels(data_cfg, split: str) -> np.ndarray:
-    """Labels of `split` in the read order the subset indices refer to."""
-    source = data.load_split(data_cfg, split)
-    labels = source.records.map(lambda record: source.decode(record)["label"])
-    return np.fromiter(labels.as_numpy_iterator(), np.int32)
+# SimCLR's canonical ImageNet label lists, shipped by TFDS as splits of their own.
+IMAGENET_SUBSETS = {0.01: "imagenet2012_subset/1pct", 0.1: "imagenet2012_subset/10pct"}
+
+
+def labelled_subset(data_cfg, fraction: float, seed: int,
+                    workdir: pathlib.Path) -> tuple[Any, np.ndarray | None, int]:
+    """(data section to train on, indices into its train split or None for all of it, number of labels).
+
+    imagenet2012 at 1% / 10% uses TFDS imagenet2012_subset; any other fraction below 1 a seeded class-balanced
+    subset. Either way the ids of the labelled examples go to <workdir>/label_subset.json.
+    """
+    split = data_cfg.train_split
+    if data_cfg.name == "imagenet2012" and fraction in IMAGENET_SUBSETS:
+        subset_data = ml_collections.ConfigDict(data_cfg.to_dict())
+        subset_data.name, subset_data.train_split = IMAGENET_SUBSETS[fraction], "train"
+        count = check_labelled(subset_data, "train").num_examples
+        subsets.write_subset(workdir, np.arange(count), data.labels_and_ids(subset_data, "train")[1],
+                             dataset=subset_data.name, split="train", fraction=fraction)
+        return subset_data, None, count
+    if fraction == 1.0:
+        return data_cfg, None, check_labelled(data_cfg, split).num_examples
+    labels, ids = data.labels_and_ids(data_cfg, split)
+    indices = subsets.balanced_subset(labels, fraction, seed)
+    subsets.write_subset(workdir, indices, ids[indices], dataset=data_cfg.name,
+                         split=split, fraction=fraction, seed=seed)
+    return data_cfg, indices, len(indices)
 
 
 def labelled_batches(data_cfg, split: str, indices: np.ndarray | None, global_batch: int,

@@ -1,7 +1,7 @@
 """Labelled subsets of a training split for semi-supervised evaluation, and held-out validation splits.
 
 Indices are positions in the split's fixed read order (`data.load_split` without shuffling), so a subset is
-reproducible from (data set, split, fraction, seed) and can be written next to the results.
+reproducible from (data set, split, fraction, seed); it is written next to the results with the examples' ids.
 """
 from __future__ import annotations
 
@@ -40,11 +40,13 @@ def split_off(indices: np.ndarray, labels: np.ndarray, fraction: float, seed: in
     return np.setdiff1d(indices, held), held
 
 
-def write_subset(workdir: str | pathlib.Path, indices: np.ndarray, **description) -> pathlib.Path:
-    """`<workdir>/label_subset.json`: which training examples carried labels, to reproduce or audit a run."""
+def write_subset(workdir: str | pathlib.Path, indices: np.ndarray, ids: np.ndarray, **description) -> pathlib.Path:
+    """`<workdir>/label_subset.json`: which training examples carried labels (read-order indices and the
+    examples' own ids), to reproduce or audit a run."""
     path = pathlib.Path(workdir) / "label_subset.json"
     if metrics.is_chief():
         path.parent.mkdir(parents=True, exist_ok=True)
-        record = {**description, "num_examples": int(len(indices)), "indices": [int(i) for i in indices]}
+        record = {**description, "num_examples": int(len(indices)), "ids": [str(i) for i in ids],
+                  "indices": [int(i) for i in indices]}
         path.write_text(json.dumps(record) + "\n", encoding="utf-8")
     return path

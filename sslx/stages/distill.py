@@ -40,7 +40,6 @@ from sslx.data import augment
 from sslx.evaluators import common, subsets
 from sslx.evaluators.encoders import build_classifier, load_pretrained, read_config
 from sslx.parallel import BATCH_AXIS
-from sslx.stages.finetune import IMAGENET_SUBSETS
 from sslx.train import TrainState
 
 CLASSIFIER_KEYS = ("model", "head", "head_layers", "num_classes")
@@ -201,20 +200,6 @@ def make_distill_step(student, teacher, optimizer: optax.GradientTransformation,
     return jax.jit(sharded, donate_argnums=0)
 
 
-def labelled_subset(data_cfg, fraction: float, seed: int, workdir: pathlib.Path) -> tuple[Any, np.ndarray | None, int]:
-    """(data section, train-split indices or None for all, count): the labels sslx-finetune would use."""
-    split = data_cfg.train_split
-    if data_cfg.name == "imagenet2012" and fraction in IMAGENET_SUBSETS:
-        subset_data = ml_collections.ConfigDict(data_cfg.to_dict())
-        subset_data.name, subset_data.train_split = IMAGENET_SUBSETS[fraction], "train"
-        return subset_data, None, common.check_labelled(subset_data, "train").num_examples
-    if fraction == 1.0:
-        return data_cfg, None, common.check_labelled(data_cfg, split).num_examples
-    indices = subsets.balanced_subset(common.split_labels(data_cfg, split), fraction, seed)
-    subsets.write_subset(workdir, indices, dataset=data_cfg.name, split=split, fraction=fraction, seed=seed)
-    return data_cfg, indices, len(indices)
-
-
 def centre_crop_fraction(info: data.SplitInfo) -> float:
     """The crop sslx.data.eval_iterator takes, so precomputed logits and the student's views match."""
     return 1.0 if all(side is not None and side <= 64 for side in info.image_shape[:2]) else 0.875
@@ -277,7 +262,7 @@ class Distillation:
         self.labelled, self.indices, self.num_labelled = None, None, 0
         if cfg.supervised_weight > 0:
             parallel.check_divisible(cfg.labelled_batch_size, self.mesh.size, "config.distill.labelled_batch_size")
-            self.labelled, self.indices, self.num_labelled = labelled_subset(
+            self.labelled, self.indices, self.num_labelled = common.labelled_subset(
                 self.data, cfg.label_fraction, cfg.subset_seed, self.workdir)
         steps_per_epoch = max(self.num_train // cfg.batch_size, 1)
         self.total_steps = cfg.total_steps if cfg.total_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)

@@ -19,7 +19,6 @@ from typing import Any, Callable, Iterator
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
@@ -31,9 +30,6 @@ from sslx.evaluators.encoders import Pretrained, build_classifier, check_head_la
 from sslx.losses import softmax_cross_entropy
 from sslx.parallel import BATCH_AXIS
 from sslx.train import TrainState
-
-IMAGENET_SUBSETS = {0.01: "imagenet2012_subset/1pct", 0.1: "imagenet2012_subset/10pct"}
-
 
 def validate(config: ml_collections.ConfigDict) -> None:
     if not config.pretrained:
@@ -108,7 +104,8 @@ class FineTuning:
         check_head_layer(self.pretrained.config, cfg.head_layers, "config.finetune.head_layers")
         self.data = common.data_config(config, self.pretrained.config)
         self.num_classes = common.check_labelled(self.data, self.data.train_split).num_classes
-        self.train_data, self.indices, self.num_labelled = self.labelled_subset()
+        self.train_data, self.indices, self.num_labelled = common.labelled_subset(
+            self.data, cfg.label_fraction, cfg.subset_seed, self.workdir)
         epochs = cfg.epochs if cfg.epochs > 0 else default_epochs(cfg.label_fraction)
         self.total_steps = max(math.ceil(epochs * self.num_labelled / cfg.batch_size), 1)
         steps_per_epoch = max(self.num_labelled // cfg.batch_size, 1)
@@ -118,24 +115,6 @@ class FineTuning:
         self.schedule = optim.warmup_cosine(peak, warmup, self.total_steps)
         self.optimizer = finetune_optimizer(cfg.optim, self.schedule)
         self.recorded = record_config(config, self.pretrained, self.data, self.num_classes)
-
-    def labelled_subset(self) -> tuple[Any, np.ndarray | None, int]:
-        """(data section to train on, indices into its train split or None for all, number of labels)."""
-        cfg = self.config.finetune
-        fraction, split = cfg.label_fraction, self.data.train_split
-        if self.data.name == "imagenet2012" and fraction in IMAGENET_SUBSETS:
-            subset_data = ml_collections.ConfigDict(self.data.to_dict())
-            subset_data.name, subset_data.train_split = IMAGENET_SUBSETS[fraction], "train"
-            count = common.check_labelled(subset_data, "train").num_examples
-            subsets.write_subset(self.workdir, np.arange(count), dataset=subset_data.name, split="train",
-                                 note="the TFDS split is the list (SimCLR's); indices are its read order")
-            return subset_data, None, count
-        if fraction == 1.0:
-            return self.data, None, common.check_labelled(self.data, split).num_examples
-        indices = subsets.balanced_subset(common.split_labels(self.data, split), fraction, cfg.subset_seed)
-        subsets.write_subset(self.workdir, indices, dataset=self.data.name, split=split, fraction=fraction,
-                             seed=cfg.subset_seed)
-        return self.data, indices, len(indices)
 
     def initial_state(self) -> TrainState:
         """Fresh classifier; encoder and the kept head layers from the pretrained checkpoint."""

@@ -32,12 +32,12 @@ def sibling(name):
 def get_config():
     c = ml_collections.ConfigDict()
     c.label_fractions = (0.01, 0.1)
+    c.finetune_epochs = (-1.0, -1.0)   # per fraction, -1: the paper's 60 epochs at 1%, 30 at 10%
     c.pretrain = sibling("simclrv2_imagenet")
     c.pretrain.model.name, c.pretrain.model.width, c.pretrain.model.sk_ratio = "resnet152", 3.0, 0.0625
     c.linear_eval = sibling("linear_eval_imagenet")
     c.linear_eval.linear.mode = "fast"
     c.finetune = sibling("finetune_imagenet_1pct")
-    c.finetune.finetune.epochs = -1.0     # the paper's 60 epochs at 1%, 30 at 10%
     c.self_distill = sibling("distill_imagenet")
     c.self_distill.student.model.name = ""   # the teacher's architecture
     c.self_distill.distill.temperature = 0.1

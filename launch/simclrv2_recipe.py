@@ -56,10 +56,15 @@ def plan(config: ml_collections.ConfigDict, root: pathlib.Path) -> list[Stage]:
     pretrained = str(root / "pretrain")
     stages = [Stage("pretrain", "none", run_pretraining, config.pretrain),
               Stage("linear_eval", "100%", run_linear_eval, copy_section(config.linear_eval, pretrained=pretrained))]
-    for fraction in config.label_fractions:
+    epochs = config.get("finetune_epochs") or (-1.0,) * len(config.label_fractions)
+    if len(epochs) != len(config.label_fractions):
+        raise ValueError(f"config.finetune_epochs={tuple(epochs)} needs one entry per label fraction "
+                         f"{tuple(config.label_fractions)} (-1: the SimCLRv2 default for that fraction)")
+    for fraction, fraction_epochs in zip(config.label_fractions, epochs):
         tag, labels = fraction_tag(fraction), f"{fraction * 100:g}%"
         tuned = copy_section(config.finetune, pretrained=pretrained)
         tuned.finetune.label_fraction = fraction
+        tuned.finetune.epochs = float(fraction_epochs)
         stages += [Stage(f"finetune_{tag}", labels, run_finetune, tuned),
                    Stage(f"self_distill_{tag}", labels, run_distill,
                          copy_section(config.self_distill, teacher=str(root / f"finetune_{tag}"))),

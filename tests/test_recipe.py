@@ -21,7 +21,7 @@ def load(path, name):
 def tiny_recipe(cifar10_dir):
     """configs/simclrv2_recipe_cifar10.py at 8 px with a few dozen steps per stage and one label fraction."""
     c = load("configs/simclrv2_recipe_cifar10.py", "recipe_config").get_config()
-    c.label_fractions = (0.01,)
+    c.label_fractions, c.finetune_epochs = (0.01,), (60.0,)
     c.pretrain.data.path, c.pretrain.data.image_size = str(cifar10_dir), 8
     c.pretrain.data.shuffle_buffer = 1000
     c.pretrain.total_steps, c.pretrain.batch_size = 30, 128

@@ -1,16 +1,20 @@
-"""Short real-data runs of each method's CIFAR-10 recipe, shrunk: the embeddings do not collapse and
-the end-of-run linear probe beats the same encoder at random initialisation."""
+"""Shared by the short real-data method runs (test_methods_cifar_*.py, split in two so xdist runs them side by side).
+
+Each method's own CIFAR-10 recipe (heads, loss, optimizer, augmentations, momentum schedules) is shrunk to a
+ResNet-18 at width 0.125 on 16 px images; the run must not collapse and its end-of-run linear probe must beat
+the same encoder at its random initialisation.
+"""
 import importlib.util
 import math
 import pathlib
 
-import pytest
-
 from sslx.stages import pretrain
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
-STEPS = 80
 OUT_DIM = 32
+STEPS = 150
+BATCH = 64
+MARGIN = 0.01   # probe top-1 (as a fraction) over random init, on all 10,000 test images (std error ~0.45 points)
 
 
 def recipe(method: str):
@@ -21,7 +25,7 @@ def recipe(method: str):
 
 
 def tiny_recipe(method: str, cifar10_dir):
-    """The recipe's method, head shape, optimiser and augmentations at a few seconds' cost."""
+    """The recipe's method, head shape, optimiser and augmentations at about a minute's cost."""
     c = recipe(method)
     c.data.name = "tfrecord"
     c.data.path = str(cifar10_dir)
@@ -32,9 +36,9 @@ def tiny_recipe(method: str, cifar10_dir):
     c.head.hidden_dim, c.head.out_dim = 128, OUT_DIM
     if c.predictor.num_layers:
         c.predictor.hidden_dim = 64
-    c.batch_size = 128
+    c.batch_size = BATCH
     if method == "mocov2":
-        c.moco.queue_size = 4 * c.batch_size
+        c.moco.queue_size = 8 * BATCH
     c.total_steps = STEPS
     c.optim.warmup_steps = 5
     c.log_every_steps = STEPS      # the results then hold the last step's metrics
@@ -45,13 +49,11 @@ def tiny_recipe(method: str, cifar10_dir):
     return c
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("method", ["byol", "mocov2", "simsiam", "barlow_twins", "vicreg"])
-def test_short_run_learns_without_collapse(method, tmp_path, cifar10_dir):
-    results = pretrain.run_pretraining(tiny_recipe(method, cifar10_dir), str(tmp_path))
+def check_learns_without_collapse(method: str, workdir, cifar10_dir) -> None:
+    results = pretrain.run_pretraining(tiny_recipe(method, cifar10_dir), str(workdir))
     learned, random_init = results["linear_probe_top1"], results["random_init_linear_probe_top1"]
     print(f"{method}: probe top-1 {learned:.3f} vs random init {random_init:.3f}, z_std {results['z_std']:.3f} "
           f"(1/sqrt(d) = {1 / math.sqrt(OUT_DIM):.3f}), {results['train_seconds']} s")
     # Mean per-dimension std of the l2-normalised projections: ~1/sqrt(d) spread out, -> 0 collapsed.
     assert results["z_std"] > 0.3 / math.sqrt(OUT_DIM), results
-    assert learned > random_init + 0.01, results
+    assert learned > random_init + MARGIN, results

@@ -59,3 +59,6 @@ def test_recipe_stage_on_a_wrong_workdir_fails_with_one_line_error(tmp_path):
     stage = stages["self_distill_1pct"]
     with pytest.raises(FileNotFoundError, match=r"config.teacher=.*finetune_1pct does not exist"):
         stage.run(stage.config, str(tmp_path / stage.name))
+    c.finetune_epochs = (60.0,)
+    with pytest.raises(ValueError, match=r"config.finetune_epochs=\(60.0,\) needs one entry per label fraction"):
+        recipe.plan(c, tmp_path)

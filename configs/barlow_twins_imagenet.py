@@ -7,17 +7,12 @@ Projector 3 layers 8192 (last without BN), lambda 5e-3, batch 2048, LARS 0.2 x B
 weight decay 1.5e-6, 10 warm-up epochs, 1000 epochs, BYOL's views. Target: linear top-1 73.2%.
 """
 
-from sslx.config import base_config, use_byol_views
+from sslx.config import base_config, use_byol_views, use_imagenet_resnet50
 
 
 def get_config():
     c = base_config()
-    c.data.name = "imagenet2012"
-    c.data.image_size = 224
-    c.augment.preset = "imagenet"
-    c.model.name = "resnet50"
-    c.model.cifar_stem = False
-    c.model.dtype = "bfloat16"
+    use_imagenet_resnet50(c)
     c.eval.batch_size = 1024
     use_byol_views(c.augment)
     c.method = "barlow_twins"

@@ -7,17 +7,12 @@ Batch 4096, LARS 0.2 x B/256 = 3.2 excluding BN/bias from decay and adaptation, 
 asymmetric views (blur 1.0 / 0.1, solarize 0 / 0.2). Target: linear eval top-1 74.3% (paper, 1000 ep).
 """
 
-from sslx.config import base_config, use_byol_views
+from sslx.config import base_config, use_byol_views, use_imagenet_resnet50
 
 
 def get_config():
     c = base_config()
-    c.data.name = "imagenet2012"
-    c.data.image_size = 224
-    c.augment.preset = "imagenet"
-    c.model.name = "resnet50"
-    c.model.cifar_stem = False
-    c.model.dtype = "bfloat16"
+    use_imagenet_resnet50(c)
     c.eval.batch_size = 1024
     use_byol_views(c.augment)
     c.method = "byol"

@@ -6,17 +6,12 @@ Queue 65536 x 128, momentum 0.999, T 0.2, MLP head 2048 -> 128 without BN, shuff
 B/256, weight decay 1e-4, momentum 0.9, batch 256, 800 epochs, blur 0.5. Target: linear eval top-1
 71.1% (paper, 800 epochs; 67.5 at 200).
 """
-from sslx.config import base_config
+from sslx.config import base_config, use_imagenet_resnet50
 
 
 def get_config():
     c = base_config()
-    c.data.name = "imagenet2012"
-    c.data.image_size = 224
-    c.augment.preset = "imagenet"
-    c.model.name = "resnet50"
-    c.model.cifar_stem = False
-    c.model.dtype = "bfloat16"
+    use_imagenet_resnet50(c)
     c.eval.batch_size = 1024
     c.method = "mocov2"
     c.model.bn = "replica"

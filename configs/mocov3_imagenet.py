@@ -8,17 +8,12 @@ predictor 4096 -> 256, BYOL's asymmetric views, 10 warm-up epochs. Target: linea
 (100 epochs) / 73.8% (300 epochs, paper).
 """
 
-from sslx.config import base_config, use_byol_views
+from sslx.config import base_config, use_byol_views, use_imagenet_resnet50
 
 
 def get_config():
     c = base_config()
-    c.data.name = "imagenet2012"
-    c.data.image_size = 224
-    c.augment.preset = "imagenet"
-    c.model.name = "resnet50"
-    c.model.cifar_stem = False
-    c.model.dtype = "bfloat16"
+    use_imagenet_resnet50(c)
     c.eval.batch_size = 1024
     use_byol_views(c.augment)
     c.method = "mocov3"

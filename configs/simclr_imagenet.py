@@ -8,17 +8,12 @@ cosine decay, global BN, colour-jitter strength 1.0 with blur, 2-layer projectio
 Cost: 100 epochs ~1.5 h on 128 TPU v3 cores (the paper's figure); ~9 h on a TPU v4-32.
 Expected linear eval top-1: 100 epochs 64.5-66.5%, 1000 epochs 69.3% (paper: 69.3).
 """
-from sslx.config import base_config
+from sslx.config import base_config, use_imagenet_resnet50
 
 
 def get_config():
     c = base_config()
-    c.data.name = "imagenet2012"
-    c.data.image_size = 224
-    c.augment.preset = "imagenet"
-    c.model.name = "resnet50"
-    c.model.cifar_stem = False
-    c.model.dtype = "bfloat16"
+    use_imagenet_resnet50(c)
     c.head.version = "v1"
     c.head.out_dim = 128
     c.batch_size = 4096

@@ -9,18 +9,13 @@ layer), global BN. Fine-tuning later starts from the first head layer.
 Cost: R50 1x 800 epochs ~12 h on a TPU v3-128 slice.
 Expected linear eval top-1 (paper, table 1): R50 1x 71.7, R50 1x+SK 74.6, R152 3x+SK 79.8.
 """
-from sslx.config import base_config
+from sslx.config import base_config, use_imagenet_resnet50
 
 
 def get_config():
     c = base_config()
-    c.data.name = "imagenet2012"
-    c.data.image_size = 224
-    c.augment.preset = "imagenet"
-    c.model.name = "resnet50"
-    c.model.cifar_stem = False
+    use_imagenet_resnet50(c)
     c.model.sk_ratio = 0.0
-    c.model.dtype = "bfloat16"
     c.head.version = "v2"
     c.head.num_layers = 3
     c.head.out_dim = 128

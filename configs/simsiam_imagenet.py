@@ -5,17 +5,12 @@
 Batch 512, SGD 0.05 x B/256, weight decay 1e-4, momentum 0.9, predictor rate not decayed, projector
 3 layers 2048 -> 2048, predictor 512 bottleneck, 100 epochs. Target: linear eval top-1 68.1% (paper).
 """
-from sslx.config import base_config
+from sslx.config import base_config, use_imagenet_resnet50
 
 
 def get_config():
     c = base_config()
-    c.data.name = "imagenet2012"
-    c.data.image_size = 224
-    c.augment.preset = "imagenet"
-    c.model.name = "resnet50"
-    c.model.cifar_stem = False
-    c.model.dtype = "bfloat16"
+    use_imagenet_resnet50(c)
     c.eval.batch_size = 1024
     c.method = "simsiam"
     c.head.num_layers, c.head.hidden_dim, c.head.out_dim = 3, 2048, 2048

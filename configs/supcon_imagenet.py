@@ -5,17 +5,12 @@
 Batch 6144, LARS 0.1 x B/256 (peak ~2.4), T 0.1, head 2048 -> 128, weight decay 1e-6, 700 epochs,
 SimCLR's augmentations (the paper's best used AutoAugment, not here). Target: top-1 ~77-78.7%.
 """
-from sslx.config import base_config
+from sslx.config import base_config, use_imagenet_resnet50
 
 
 def get_config():
     c = base_config()
-    c.data.name = "imagenet2012"
-    c.data.image_size = 224
-    c.augment.preset = "imagenet"
-    c.model.name = "resnet50"
-    c.model.cifar_stem = False
-    c.model.dtype = "bfloat16"
+    use_imagenet_resnet50(c)
     c.eval.batch_size = 1024
     c.method = "supcon"
     c.head.use_bn, c.head.num_layers, c.head.hidden_dim, c.head.out_dim = False, 2, 2048, 128

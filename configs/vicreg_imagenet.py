@@ -6,17 +6,12 @@ Projector 3 layers 8192 (last without BN), lambda 25, mu 25, nu 1, batch 2048, L
 weight decay 1e-6, 10 warm-up epochs, 1000 epochs, BYOL's views. Target: linear eval top-1 73.2%.
 """
 
-from sslx.config import base_config, use_byol_views
+from sslx.config import base_config, use_byol_views, use_imagenet_resnet50
 
 
 def get_config():
     c = base_config()
-    c.data.name = "imagenet2012"
-    c.data.image_size = 224
-    c.augment.preset = "imagenet"
-    c.model.name = "resnet50"
-    c.model.cifar_stem = False
-    c.model.dtype = "bfloat16"
+    use_imagenet_resnet50(c)
     c.eval.batch_size = 1024
     use_byol_views(c.augment)
     c.method = "vicreg"

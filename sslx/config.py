@@ -170,6 +170,13 @@ def eval_config() -> ml_collections.ConfigDict:
     return c
 
 
+def use_imagenet_resnet50(c: ml_collections.ConfigDict) -> None:
+    """ImageNet at 224 px (Inception-style crops) into a bfloat16 ResNet-50: the base of every ImageNet recipe."""
+    c.data.name, c.data.image_size = "imagenet2012", 224
+    c.augment.preset = "imagenet"
+    c.model.name, c.model.cifar_stem, c.model.dtype = "resnet50", False, "bfloat16"
+
+
 def use_byol_views(augment: ml_collections.ConfigDict) -> None:
     """BYOL's asymmetric ImageNet views (Grill et al. 2020, table 6), shared by the recipes that adopt them."""
     augment.brightness, augment.contrast, augment.saturation, augment.hue = 0.4, 0.4, 0.2, 0.1

@@ -2,7 +2,7 @@
 
 Each method's own CIFAR-10 recipe (heads, loss, optimizer, augmentations, momentum schedules) is shrunk to a
 ResNet-18 at width 0.125 on 16 px images; the run must not collapse and its end-of-run linear probe must beat
-the same encoder at its random initialisation. Marked slow (SSLX_SLOW=1): about 3 minutes a method on 2 cores.
+the same encoder at its random initialisation. Marked slow (SSLX_SLOW=1): 2-3.5 minutes a method on 2 cores.
 
 Measured at this size (150 steps, batch 64), probe top-1 vs 0.268 at random init: barlow_twins 0.299 and
 vicreg 0.283 pass; byol 0.272, mocov3 0.275, mocov2 0.266 and simsiam 0.233 do not beat it by the margin yet, and

@@ -1,6 +1,7 @@
 """What the evaluation stages share: the data section, split features and labels, results and their sinks."""
 from __future__ import annotations
 
+import math
 import pathlib
 import time
 from typing import Any, Callable, Iterator
@@ -101,3 +102,35 @@ def classifier_accuracy(network, variables: dict[str, Any], data_cfg, mesh: Mesh
     logits, labels = split_features(logits_fn, data_cfg, data_cfg.eval_split, mesh, batch_size)
     logits, labels = jax.numpy.asarray(logits), jax.numpy.asarray(labels)
     return {"top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, 5)}
+
+
+
+def train_classifier(state: Any, step_fn: Callable[[Any, dict], tuple[Any, dict]],
+                     batches_from: Callable[[int], Iterator[dict]], checkpointer: Any, writer: metrics.MetricWriter,
+                     cfg: ml_collections.ConfigDict, *, section: str, total_steps: int,
+                     describe: Callable[[dict], str] = lambda scalars: "") -> Any:
+    """The loop of the classifier stages (fine-tune, distil): resume from the latest checkpoint, step to
+    `total_steps` with progress lines and metrics, stop on a non-finite loss, save periodically and at the end.
+
+    `step_fn(state, sharded batch) -> (state, metrics)`; `batches_from(start_step)` yields sharded batches; `cfg`
+    is the stage's config section (config.<section>: batch_size, log_every_steps, checkpoint_every_steps).
+    """
+    start = checkpointer.latest_step() or 0
+    if start:
+        state = checkpointer.restore(state)
+        metrics.log(f"resumed from step {start} in {checkpointer.directory}")
+    progress = metrics.Progress(total_steps, cfg.batch_size, first_step=start)
+    batches = batches_from(start)
+    for step in range(start + 1, total_steps + 1):
+        state, step_metrics = step_fn(state, next(batches))
+        if step % cfg.log_every_steps == 0 or step == total_steps:
+            scalars = metrics.to_python(step_metrics)
+            if not math.isfinite(scalars["loss"]):
+                raise FloatingPointError(f"non-finite {section} loss at step {step}: lower "
+                                         f"config.{section}.optim.base_lr")
+            writer.write(step, scalars)
+            metrics.log(progress.line(step, scalars["loss"]) + describe(scalars))
+        if step % cfg.checkpoint_every_steps == 0 and step != total_steps:
+            checkpointer.save(step, state)
+    checkpointer.save(total_steps, state, force=True)
+    return state

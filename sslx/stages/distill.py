@@ -339,28 +339,11 @@ class Distillation:
 
 def train(run: Distillation, checkpointer: Checkpointer, writer: metrics.MetricWriter) -> TrainState:
     """Runs (or resumes) distillation to total_steps; returns the final student state."""
-    cfg = run.config.distill
-    state = run.initial_state()
-    start = checkpointer.latest_step() or 0
-    if start:
-        state = checkpointer.restore(state)
-        metrics.log(f"resumed from step {start} in {checkpointer.directory}")
     step_fn, teacher_variables = run.step_fn(), run.teacher_variables()
-    progress = metrics.Progress(run.total_steps, cfg.batch_size, first_step=start)
-    batches = run.batches(start)
-    for step in range(start + 1, run.total_steps + 1):
-        state, step_metrics = step_fn(state, teacher_variables, next(batches))
-        if step % cfg.log_every_steps == 0 or step == run.total_steps:
-            scalars = metrics.to_python(step_metrics)
-            if not math.isfinite(scalars["loss"]):
-                raise FloatingPointError(f"non-finite distillation loss at step {step}: lower "
-                                         f"config.distill.optim.base_lr")
-            writer.write(step, scalars)
-            metrics.log(progress.line(step, scalars["loss"]) + f"  agreement {scalars['teacher_agreement']:.3f}")
-        if step % cfg.checkpoint_every_steps == 0 and step != run.total_steps:
-            checkpointer.save(step, state)
-    checkpointer.save(run.total_steps, state, force=True)
-    return state
+    return common.train_classifier(
+        run.initial_state(), lambda state, batch: step_fn(state, teacher_variables, batch), run.batches,
+        checkpointer, writer, run.config.distill, section="distill", total_steps=run.total_steps,
+        describe=lambda scalars: f"  agreement {scalars['teacher_agreement']:.3f}")
 
 
 def teacher_top1(teacher: Teacher) -> float | None:

@@ -133,8 +133,11 @@ class FineTuning:
         return parallel.replicate(state, self.mesh)
 
     def batches(self, start_step: int) -> Iterator[dict]:
-        return common.labelled_batches(self.train_data, self.train_data.train_split, self.indices,
-                                       self.config.finetune.batch_size, self.config.seed * 1_000_003 + start_step)
+        """Sharded labelled batches; a resumed run reshuffles with a seed from its start step."""
+        batches = common.labelled_batches(self.train_data, self.train_data.train_split, self.indices,
+                                          self.config.finetune.batch_size, self.config.seed * 1_000_003 + start_step)
+        for batch in batches:
+            yield parallel.shard_batch({"image": batch["image"], "label": batch["label"]}, self.mesh)
 
     def evaluate(self, state: TrainState) -> dict[str, float]:
         return common.classifier_accuracy(
@@ -144,30 +147,9 @@ class FineTuning:
 
 def train(run: FineTuning, checkpointer: Checkpointer, writer: metrics.MetricWriter) -> TrainState:
     """Runs (or resumes) fine-tuning to total_steps; returns the final state."""
-    cfg = run.config.finetune
-    state = run.initial_state()
-    start = checkpointer.latest_step() or 0
-    if start:
-        state = checkpointer.restore(state)
-        metrics.log(f"resumed from step {start} in {checkpointer.directory}")
     step_fn = make_finetune_step(build_classifier(run.recorded, BATCH_AXIS), run.optimizer, run.schedule, run.mesh)
-    progress = metrics.Progress(run.total_steps, cfg.batch_size, first_step=start)
-    batches = run.batches(start)
-    for step in range(start + 1, run.total_steps + 1):
-        batch = next(batches)
-        batch = parallel.shard_batch({"image": batch["image"], "label": batch["label"]}, run.mesh)
-        state, step_metrics = step_fn(state, batch)
-        if step % cfg.log_every_steps == 0 or step == run.total_steps:
-            scalars = metrics.to_python(step_metrics)
-            if not math.isfinite(scalars["loss"]):
-                raise FloatingPointError(f"non-finite fine-tuning loss at step {step}: lower "
-                                         f"config.finetune.optim.base_lr")
-            writer.write(step, scalars)
-            metrics.log(progress.line(step, scalars["loss"]))
-        if step % cfg.checkpoint_every_steps == 0 and step != run.total_steps:
-            checkpointer.save(step, state)
-    checkpointer.save(run.total_steps, state, force=True)
-    return state
+    return common.train_classifier(run.initial_state(), step_fn, run.batches, checkpointer, writer,
+                                   run.config.finetune, section="finetune", total_steps=run.total_steps)
 
 
 def run_finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

@@ -138,6 +138,7 @@ def eval_config() -> ml_collections.ConfigDict:
     c.linear.mode = "protocol"    # protocol: augmented crops through the frozen encoder | fast: cached features
     c.linear.solver = "sgd"       # fast mode: sgd (the protocol's optimizer and epochs) | lbfgs (full batch)
     c.linear.epochs = 90
+    c.linear.crop_area_min = 0.08  # protocol mode: random resized crops of [this, 1] of the image (SimCLR's 0.08)
     c.linear.batch_size = 1024    # global
     c.linear.learning_rates = (0.1,)   # x batch_size / 256; more than one: sweep, selected on a held-out split
     c.linear.val_fraction = 0.1   # of train, held out for the sweep (then the best rate retrains on all of train)

@@ -112,6 +112,16 @@ def test_supervised_iterator_keeps_to_the_subset():
     assert batch["image"].shape == (16, 16, 16, 3) and set(batch["label"]) <= wanted
 
 
+@pytest.mark.parametrize("crop_area_min", [1.0, 0.08])
+def test_crop_flip_spec_sets_the_smallest_crop(crop_area_min):
+    """16 views of one image: at area 1 each is the whole image or its mirror; at 0.08 they are zoomed crops."""
+    views = next(data.supervised_iterator(DIGITS, "train", local_batch=16, image_size=16, seed=0, indices=[3],
+                                          spec=data.crop_flip_spec(crop_area_min)))["image"]
+    whole = [np.allclose(view, views[0], atol=1e-5) or np.allclose(view, views[0][:, ::-1], atol=1e-5)
+             for view in views]
+    assert all(whole) == (crop_area_min == 1.0), whole
+
+
 def test_unknown_name_and_missing_path_errors(tmp_path):
     with pytest.raises(ValueError, match=r"config\.data\.name='nosuchdata'.*digits") as error:
         data.describe(ml_collections.ConfigDict({"name": "nosuchdata", "data_dir": str(tmp_path)}), "train")

@@ -9,10 +9,11 @@ import pytest
 
 from sslx import data, parallel
 from sslx.checkpoint import Checkpointer
-from sslx.config import base_config
+from sslx.config import base_config, eval_config
 from sslx.evaluators import common, linear, subsets
 from sslx.evaluators.encoders import embed, load_pretrained
 from sslx.methods import build_method
+from sslx.stages import linear_eval
 from sslx.train import create_train_state
 
 
@@ -82,6 +83,17 @@ def save_pretraining(workdir, config, step=3):
     checkpointer.close()
     (workdir / "config.json").write_text(config.to_json_best_effort())
     return method, state
+
+
+@pytest.mark.parametrize("key, value", [("mode", "slow"), ("solver", "adam"), ("learning_rates", (0.1, -1.0)),
+                                        ("epochs", 0), ("crop_area_min", 0.0), ("crop_area_min", 1.5)])
+def test_bad_linear_eval_options_are_one_line_errors_naming_the_key(key, value, tmp_path):
+    config = eval_config()
+    config.pretrained = str(tmp_path)
+    config.linear[key] = value
+    with pytest.raises(ValueError, match=rf"config\.linear\.{key}=") as error:
+        linear_eval.validate(config)
+    assert "\n" not in str(error.value)
 
 
 def test_load_pretrained_restores_encoder_and_head_only(tmp_path):

@@ -93,16 +93,22 @@ def eval_iterator(data_cfg, split: str, *, local_batch: int, image_size: int, ma
     return _to_numpy(padded.batch(local_batch).take(steps))
 
 
+def crop_flip_spec(crop_area_min: float = 0.08) -> augment.AugmentSpec:
+    """Random resized crop (area in [crop_area_min, 1], aspect 3/4..4/3) and flip, no colour: the supervised
+    augmentation of SimCLR's fine-tuning and linear evaluation."""
+    return dataclasses.replace(augment.identity_spec(), crop_area_min=crop_area_min, aspect_min=3 / 4,
+                               aspect_max=4 / 3, flip_prob=0.5)
+
+
 def supervised_iterator(data_cfg, split: str, *, local_batch: int, image_size: int, seed: int,
                         spec: augment.AugmentSpec | None = None, indices: Sequence[int] | None = None,
                         process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
-    """Endless shuffled {'image', 'label'} batches with random resized crop and flip only (`spec` to change).
+    """Endless shuffled {'image', 'label'} batches, augmented by `spec` (default: `crop_flip_spec()`).
 
     `indices` restricts training to those examples of the split (e.g. a 1% or 10% label subset); they are
     chosen before the split is divided between processes.
     """
-    spec = spec or dataclasses.replace(augment.identity_spec(), crop_area_min=0.08, aspect_min=3 / 4,
-                                       aspect_max=4 / 3, flip_prob=0.5)
+    spec = spec or crop_flip_spec()
     seed = _process_seed(seed, process_index)
     if indices is None:
         source = sources.load_split(data_cfg, split, process_index=process_index, process_count=process_count)

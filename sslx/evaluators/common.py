@@ -69,10 +69,11 @@ def labelled_subset(data_cfg, fraction: float, seed: int,
 
 
 def labelled_batches(data_cfg, split: str, indices: np.ndarray | None, global_batch: int,
-                     seed: int) -> Iterator[dict]:
+                     seed: int, crop_area_min: float = 0.08) -> Iterator[dict]:
     """Random crop + flip batches of `split` (only `indices` if given), endless, for this process."""
     return data.supervised_iterator(data_cfg, split, local_batch=global_batch // jax.process_count(),
                                     image_size=data_cfg.image_size, seed=seed, indices=indices,
+                                    spec=data.crop_flip_spec(crop_area_min),
                                     process_index=jax.process_index(), process_count=jax.process_count())
 
 

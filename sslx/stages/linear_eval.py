@@ -1,7 +1,8 @@
 """`sslx-linear-eval`: a linear classifier on the frozen features of a pretrained encoder.
 
-protocol: the papers' recipe. Every step pushes random crop + flip views through the frozen encoder (eval-mode
-  BN) and takes a momentum-SGD step on the classifier, data-parallel over the mesh.
+protocol: the papers' recipe. Every step pushes random crop + flip views (crop area in
+  [config.linear.crop_area_min, 1]) through the frozen encoder (eval-mode BN) and takes a momentum-SGD step on
+  the classifier, data-parallel over the mesh.
 fast: features of centre crops are extracted once, sharded over the devices, and the classifier trains on the
   cached features with the same optimizer, batch and epochs (or by full-batch L-BFGS).
 With several learning rates, each is trained on train minus a held-out class-balanced split, the best on that
@@ -38,6 +39,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.linear.solver={config.linear.solver!r} is not one of {SOLVERS}")
     if not config.linear.learning_rates or min(config.linear.learning_rates) <= 0:
         raise ValueError(f"config.linear.learning_rates={config.linear.learning_rates} must be positive numbers")
+    if not 0 < config.linear.crop_area_min <= 1:
+        raise ValueError(f"config.linear.crop_area_min={config.linear.crop_area_min} must lie in (0, 1] "
+                         "(0.08: SimCLR's crops; 1: flips only)")
     if config.linear.epochs <= 0:
         raise ValueError(f"config.linear.epochs={config.linear.epochs} must be positive")
 
@@ -114,7 +118,7 @@ class LinearEval:
         opt_state = parallel.replicate(optimizer.init(classifier), self.mesh)
         total = self.total_steps(num_train)
         batches = common.labelled_batches(self.data, self.data.train_split, indices, cfg.batch_size,
-                                          self.config.seed)
+                                          self.config.seed, crop_area_min=cfg.crop_area_min)
         progress = metrics.Progress(total, cfg.batch_size)
         log_every = max(total // 10, 1)
         for step in range(1, total + 1):

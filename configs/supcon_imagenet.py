@@ -2,8 +2,9 @@
 
     sslx-pretrain --config configs/supcon_imagenet.py --workdir DIR [--config.data.data_dir=TFDS_DIR]
 
-Batch 6144, LARS 0.1 x B/256 (peak ~2.4), T 0.1, head 2048 -> 128, weight decay 1e-6, 700 epochs,
-SimCLR's augmentations (the paper's best used AutoAugment, not here). Target: top-1 ~77-78.7%.
+Batch 6144, LARS 0.1 x B/256 (peak ~2.4), T 0.1, SimCLR's head 2048 -> 128 with BN (see
+configs/supcon_cifar10.py for why), weight decay 1e-6, 700 epochs, SimCLR's augmentations (the paper's best
+used AutoAugment, not here). Target: top-1 ~77-78.7%.
 """
 from sslx.config import base_config, use_imagenet_resnet50
 
@@ -13,7 +14,7 @@ def get_config():
     use_imagenet_resnet50(c)
     c.eval.batch_size = 1024
     c.method = "supcon"
-    c.head.use_bn, c.head.num_layers, c.head.hidden_dim, c.head.out_dim = False, 2, 2048, 128
+    c.head.use_bn, c.head.num_layers, c.head.hidden_dim, c.head.out_dim = True, 2, 2048, 128
     c.loss.temperature = 0.1
     c.batch_size = 6144
     c.epochs = 700.0

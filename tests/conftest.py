@@ -18,19 +18,6 @@ import pytest  # noqa: E402
 SHARED_CIFAR10 = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: long real-data runs, skipped unless SSLX_SLOW=1")
-
-
-def pytest_collection_modifyitems(config, items):
-    if os.environ.get("SSLX_SLOW") == "1":
-        return
-    skip = pytest.mark.skip(reason="slow real-data run (minutes per case on 2 CPU cores): set SSLX_SLOW=1")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
-
-
 @pytest.fixture(scope="session")
 def cifar10_dir():
     """Real CIFAR-10 TFRecords beside the checkout; tests that need them skip where it is absent."""

@@ -4,7 +4,6 @@ import pytest
 from methods_cifar import check_learns_without_collapse
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("method", ["simsiam", "barlow_twins", "vicreg", "supcon"])
 def test_short_cifar10_run_learns_without_collapse(method, tmp_path, cifar10_dir):
     check_learns_without_collapse(method, tmp_path, cifar10_dir)

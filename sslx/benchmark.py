@@ -176,3 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

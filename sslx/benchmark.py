@@ -2,11 +2,13 @@
 
     sslx-benchmark --data-path ../shared/data/cifar10            # input pipeline + both models
     sslx-benchmark --skip-input --models resnet18_cifar:128       # one train-step figure
+    sslx-benchmark --skip-input --models '' --recipes configs/byol_cifar10.py:512,configs/mocov2_cifar10.py:512
 
 The plain step is what a Flax user writes by hand for the same model and loss on one device: encoder +
 head, NT-Xent, LARS, `jax.jit(value_and_grad)`. The sslx step is `sslx.train.make_train_step` (shard_map
 over the mesh, online probe, metrics). Both get the same device-resident synthetic batch, so the ratio is
-the framework's overhead, not the input pipeline's.
+the framework's overhead, not the input pipeline's. `--recipes` times the sslx step of any recipe file (its
+method, heads, optimizer, model and image size) the same way, to compare methods.
 """
 from __future__ import annotations
 
@@ -30,10 +32,13 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--input-batch", type=int, default=256)
     parser.add_argument("--models", default="resnet18_cifar:128,resnet50:32",
                         help="comma-separated MODEL:GLOBAL_BATCH pairs; MODEL in " + ", ".join(MODELS))
+    parser.add_argument("--recipes", default="",
+                        help="comma-separated RECIPE_FILE:GLOBAL_BATCH pairs (configs/*.py): each recipe's sslx step")
     parser.add_argument("--devices", type=int, default=0, help="devices for the sslx step (0: all)")
     parser.add_argument("--cpu-devices", type=int, default=0,
                         help="simulate this many CPU devices (sets XLA_FLAGS before JAX starts)")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
+                        help="compute dtype (default: float32 for --models, each recipe's own for --recipes)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per model (after 2 warm-up steps)")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds per input-pipeline measurement")
     parser.add_argument("--json", default="", help="also write the figures to this JSON file")
@@ -138,14 +143,32 @@ def synthetic_batch(global_batch: int, size: int) -> dict:
 def step_benchmark(model: str, global_batch: int, args: argparse.Namespace) -> dict:
     import jax
     num_devices = args.devices or jax.device_count()
-    config = _model_config(model, args.dtype)
+    dtype = args.dtype or "float32"
+    config = _model_config(model, dtype)
     batch = synthetic_batch(global_batch, config.data.image_size)
     plain = plain_flax_step_seconds(config, batch, args.steps)
     sslx = sslx_step_seconds(config, batch, num_devices, args.steps)
-    return {"model": model, "global_batch": global_batch, "devices": num_devices, "dtype": args.dtype,
+    return {"model": model, "global_batch": global_batch, "devices": num_devices, "dtype": dtype,
             "device_kind": jax.devices()[0].device_kind,
             "sslx_img_per_s": global_batch / sslx, "plain_flax_img_per_s": global_batch / plain,
             "sslx_vs_plain": plain / sslx}
+
+
+def recipe_benchmark(path: str, global_batch: int, args: argparse.Namespace) -> dict:
+    import jax
+    from sslx.config import load_recipe
+    try:
+        config = load_recipe(path)
+    except FileNotFoundError as error:
+        sys.exit(f"sslx-benchmark: error: {error} (in --recipes)")
+    num_devices = args.devices or jax.device_count()
+    config.batch_size = global_batch
+    config.model.dtype = args.dtype or config.model.dtype
+    batch = synthetic_batch(global_batch, config.data.image_size)
+    seconds = sslx_step_seconds(config, batch, num_devices, args.steps)
+    return {"recipe": path, "method": config.method, "model": config.model.name, "global_batch": global_batch,
+            "image_size": config.data.image_size, "devices": num_devices, "dtype": config.model.dtype,
+            "device_kind": jax.devices()[0].device_kind, "sslx_img_per_s": global_batch / seconds}
 
 
 def input_benchmark(args: argparse.Namespace) -> list[dict]:
@@ -171,6 +194,11 @@ def main(argv: list[str] | None = None) -> None:
         if model not in MODELS:
             sys.exit(f"sslx-benchmark: error: unknown model {model!r} in --models; use one of {sorted(MODELS)}")
         figures = step_benchmark(model, int(batch or 128), args)
+        results["train_step"].append(figures)
+        print(json.dumps(figures), flush=True)
+    for spec in filter(None, args.recipes.split(",")):
+        path, _, batch = spec.partition(":")
+        figures = recipe_benchmark(path, int(batch or 128), args)
         results["train_step"].append(figures)
         print(json.dumps(figures), flush=True)
     if args.json:

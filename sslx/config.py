@@ -1,10 +1,25 @@
 """The base pretraining config every recipe in configs/ starts from, and its up-front validation."""
 from __future__ import annotations
 
+import importlib.util
+import os
+import pathlib
+
 import ml_collections
 
 BN_MODES = ("global", "replica")
 DTYPES = ("float32", "bfloat16")
+
+
+def load_recipe(path: str | os.PathLike) -> ml_collections.ConfigDict:
+    """`get_config()` of a recipe file (configs/*.py) given by path, as `--config FILE` reads it."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe file {path} not found: pass a file from configs/")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from sslx.config import load_recipe
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -20,7 +22,7 @@ def load(path, name):
 
 def tiny_recipe(cifar10_dir):
     """configs/simclrv2_recipe_cifar10.py at 8 px with a few dozen steps per stage and one label fraction."""
-    c = load("configs/simclrv2_recipe_cifar10.py", "recipe_config").get_config()
+    c = load_recipe(REPO / "configs" / "simclrv2_recipe_cifar10.py")
     c.label_fractions, c.finetune_epochs = (0.01,), (60.0,)
     c.pretrain.data.path, c.pretrain.data.image_size = str(cifar10_dir), 8
     c.pretrain.data.shuffle_buffer = 1000
@@ -54,7 +56,7 @@ def test_recipe_runs_every_stage_and_resumes(cifar10_dir, tmp_path):
 
 def test_recipe_stage_on_a_wrong_workdir_fails_with_one_line_error(tmp_path):
     recipe = load("launch/simclrv2_recipe.py", "simclrv2_recipe")
-    c = load("configs/simclrv2_recipe_cifar10.py", "recipe_config").get_config()
+    c = load_recipe(REPO / "configs" / "simclrv2_recipe_cifar10.py")
     stages = {stage.name: stage for stage in recipe.plan(c, tmp_path)}
     stage = stages["self_distill_1pct"]
     with pytest.raises(FileNotFoundError, match=r"config.teacher=.*finetune_1pct does not exist"):

@@ -6,8 +6,8 @@
 
 Batch 512, temperature 0.5, colour-jitter strength 0.5, no blur, LARS 1.0 x B/256, 1000 epochs.
 Cost: the train step alone takes ~20 min for 1000 epochs on one H100 in bfloat16 (43,000 img/s at batch 1024,
-`sslx-benchmark --skip-input --models resnet18_cifar:1024 --dtype bfloat16`); the input pipeline's CPU cores,
-not the step, set the wall time (`sslx-benchmark` prints views/s per core).
+`sslx-benchmark --skip-input --models resnet18_cifar:1024 --dtype bfloat16`); the input pipeline adds to that
+and was not measured there (`sslx-benchmark` prints its views/s per CPU core).
 Expected: linear eval top-1 ~92% at 1000 epochs (SimCLR reports 94.0 for ResNet-50 at B 1024;
 ResNet-18 lands a couple of points lower; kNN top-1 ~89-91).
 """

@@ -69,11 +69,11 @@ def labelled_subset(data_cfg, fraction: float, seed: int,
 
 
 def labelled_batches(data_cfg, split: str, indices: np.ndarray | None, global_batch: int,
-                     seed: int, crop_area_min: float = 0.08) -> Iterator[dict]:
-    """Random crop + flip batches of `split` (only `indices` if given), endless, for this process."""
+                     seed: int, spec: data.AugmentSpec | None = None) -> Iterator[dict]:
+    """Random crop + flip batches of `split` (only `indices` if given), endless, for this process;
+    `spec` defaults to `data.crop_flip_spec()`."""
     return data.supervised_iterator(data_cfg, split, local_batch=global_batch // jax.process_count(),
-                                    image_size=data_cfg.image_size, seed=seed, indices=indices,
-                                    spec=data.crop_flip_spec(crop_area_min),
+                                    image_size=data_cfg.image_size, seed=seed, indices=indices, spec=spec,
                                     process_index=jax.process_index(), process_count=jax.process_count())
 
 
@@ -103,7 +103,6 @@ def classifier_accuracy(network, variables: dict[str, Any], data_cfg, mesh: Mesh
     logits, labels = split_features(logits_fn, data_cfg, data_cfg.eval_split, mesh, batch_size)
     logits, labels = jax.numpy.asarray(logits), jax.numpy.asarray(labels)
     return {"top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, 5)}
-
 
 
 def train_classifier(state: Any, step_fn: Callable[[Any, dict], tuple[Any, dict]],

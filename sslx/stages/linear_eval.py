@@ -21,7 +21,7 @@ import optax
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from sslx import metrics, parallel
+from sslx import data, metrics, parallel
 from sslx.evaluators import common, linear, subsets
 from sslx.evaluators.encoders import Pretrained, check_head_layer, embed, load_pretrained
 from sslx.parallel import BATCH_AXIS
@@ -118,7 +118,7 @@ class LinearEval:
         opt_state = parallel.replicate(optimizer.init(classifier), self.mesh)
         total = self.total_steps(num_train)
         batches = common.labelled_batches(self.data, self.data.train_split, indices, cfg.batch_size,
-                                          self.config.seed, crop_area_min=cfg.crop_area_min)
+                                          self.config.seed, spec=data.crop_flip_spec(cfg.crop_area_min))
         progress = metrics.Progress(total, cfg.batch_size)
         log_every = max(total // 10, 1)
         for step in range(1, total + 1):

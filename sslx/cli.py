@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from typing import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TF >= 2.20 announces oneDNN on stderr before its log level applies; TF only feeds input, so keep its plain kernels.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -66,18 +69,37 @@ def _parse(program: str, argv: list[str]):
         _fail(program, ValueError(_unknown_key_message(error, argv)))
     except PARSE_ERRORS as error:
         _fail(program, error)
+    except Exception as error:  # noqa: BLE001 - the recipe's own code failed: show where in the recipe
+        _recipe_failed(program, path.split(":", 1)[0], error)
     return config, flag_values.workdir
+
+
+def _recipe_failed(program: str, recipe: str, error: Exception) -> None:
+    """A recipe that does not compile or raises: its own frames and the error, without sslx's and absl's."""
+    recipe = os.path.realpath(recipe)
+    if isinstance(error, SyntaxError) and error.filename and os.path.realpath(error.filename) == recipe:
+        where = [f'  File "{error.filename}", line {error.lineno}\n    {(error.text or "").strip()}\n']
+    else:
+        where = traceback.format_list([frame for frame in traceback.extract_tb(error.__traceback__)
+                                       if os.path.realpath(frame.filename) == recipe])
+    print(f"{program}: error: the recipe {recipe} failed to load ({type(error).__name__}: {_one_line(error)}); "
+          f"in the recipe:", file=sys.stderr)
+    print("".join(where).rstrip(), file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 def _run_stage(program: str, stage: Callable) -> None:
     logging.set_verbosity(logging.WARNING)
     config, workdir = _parse(program, sys.argv)
-    from sslx import parallel  # imports jax, which starts no backend until a device is touched
+    from sslx import metrics, parallel  # imports jax, which starts no backend until a device is touched
+    from sslx.workdir import Preempted
     try:
         # Before anything touches devices: afterwards jax.devices() spans every process of the run.
         parallel.initialize_distributed(config.distributed)
         parallel.check_same_config(config)
         stage(config, workdir)
+    except Preempted as stopped:  # a checkpoint of the last step is committed: a clean, resumable exit
+        metrics.log(str(stopped))
     except (*RUN_ERRORS, parallel.DistributedError) as error:
         _fail(program, error, leave=parallel.exit_now)
 

@@ -41,6 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.image_size = 32
     c.data.shuffle_buffer = 10_000
     c.data.cache = False          # keep decoded images in memory (small data sets)
+    c.data.skip_corrupt = True    # drop records that do not decode, counted in results.json; False: stop, naming it
 
     c.augment = ml_collections.ConfigDict()
     c.augment.preset = "cifar"    # cifar | imagenet | none; any AugmentSpec field overrides it
@@ -207,6 +208,16 @@ def _choice(value, choices, key):
         raise ValueError(f"{key}={value!r} is not one of {choices}.")
 
 
+def check_positive(config: ml_collections.ConfigDict, keys: tuple[str, ...]) -> None:
+    """One-line errors for dotted `keys` of `config` that must be positive integers (steps, sizes, counts)."""
+    for key in keys:
+        value = config
+        for part in key.split("."):
+            value = value[part]
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"config.{key}={value!r} must be a positive integer.")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks that need no data or devices; raises ValueError with a one-line message naming the key."""
     _choice(config.model.bn, BN_MODES, "config.model.bn")
@@ -221,5 +232,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.loss.chunk_size={config.loss.chunk_size} must be 0 (plain NT-Xent) or positive.")
     if config.micro_batch_size < 0:
         raise ValueError(f"config.micro_batch_size={config.micro_batch_size} must be 0 (off) or positive.")
+    check_positive(config, ("data.image_size", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints"))
+    if config.eval.every_steps < 0:
+        raise ValueError(f"config.eval.every_steps={config.eval.every_steps} must be 0 (off) or positive.")
     if config.data.name == "tfrecord" and not config.data.path:
         raise ValueError("config.data.name='tfrecord' needs config.data.path=<directory of {split}-*.tfrecord files>.")

@@ -33,6 +33,16 @@ class MetricWriter:
             self._tb = tf.summary.create_file_writer(str(self.workdir / "tb"))
             self._jsonl = open(self.workdir / "metrics.jsonl", "a", encoding="utf-8")
 
+    def forget_after(self, step: int) -> None:
+        """Drops metrics.jsonl rows after `step`: a resumed run logs them again, so each step keeps one row."""
+        if not self._enabled:
+            return
+        self._jsonl.close()
+        path = self.workdir / "metrics.jsonl"
+        rows = [line for line in path.read_text(encoding="utf-8").splitlines() if _row_step(line) <= step]
+        path.write_text("".join(row + "\n" for row in rows), encoding="utf-8")
+        self._jsonl = open(path, "a", encoding="utf-8")
+
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
         if not self._enabled:
             return
@@ -47,6 +57,14 @@ class MetricWriter:
         if self._enabled:
             self._tb.flush()
             self._jsonl.close()
+
+
+def _row_step(line: str) -> float:
+    """A metrics.jsonl row's step; inf for a line cut short by a killed process (dropped on resume)."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 class Progress:

@@ -49,10 +49,11 @@ def test_balanced_subset_is_deterministic_and_class_balanced(tmp_path):
 def test_label_subset_lists_the_ids_of_balanced_training_examples_disjoint_from_test(cifar10_dir, tmp_path):
     data_cfg = base_config().data
     data_cfg.name, data_cfg.path = "tfrecord", str(cifar10_dir)
-    _, indices, count = common.labelled_subset(data_cfg, 0.01, seed=3, workdir=tmp_path)
+    subset = common.labelled_subset(data_cfg, 0.01, seed=3)
+    subset.write(tmp_path)
     written = json.loads((tmp_path / "label_subset.json").read_text())
-    assert count == written["num_examples"] == 500 and written["indices"] == indices.tolist()
-    assert common.labelled_subset(data_cfg, 0.01, seed=3, workdir=tmp_path / "again")[1].tolist() == indices.tolist()
+    assert subset.count == written["num_examples"] == 500 and written["indices"] == subset.indices.tolist()
+    assert common.labelled_subset(data_cfg, 0.01, seed=3).indices.tolist() == subset.indices.tolist()
     # The ids are the records' own `id` features (train/<class>/<file>), balanced over classes, none from test.
     assert len(set(written["ids"])) == 500 and all(i.startswith("train/") for i in written["ids"])
     classes = [i.split("/")[1] for i in written["ids"]]

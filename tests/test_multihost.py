@@ -8,6 +8,7 @@ interpreters without conftest's 8-device XLA_FLAGS.
 import argparse
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
@@ -81,7 +82,17 @@ def worker(args):
     except parallel.DistributedError as error:
         print(f"worker: error: {error}", file=sys.stderr, flush=True)
         parallel.exit_now(2)
-    if args.mode == "train":
+    if args.mode == "pretrain":  # the pretraining stage until SIGTERM
+        from test_preemption import digits_config
+        from sslx.stages import pretrain
+        from sslx.workdir import Preempted
+        config = digits_config(total_steps=10_000)
+        config.distributed = dist
+        try:
+            pretrain.run_pretraining(config, args.workdir)
+        except Preempted as stopped:
+            print(f"worker: {stopped}", file=sys.stderr, flush=True)
+    elif args.mode == "train":
         losses, params = train(jax.devices(), args.workdir)
         if jax.process_index() == 0:
             np.savez(pathlib.Path(args.workdir) / "result.npz", losses=losses,
@@ -135,6 +146,24 @@ def test_two_processes_train_like_one(tmp_path):
     assert losses[-1] != losses[0]
     for path, value in jax.tree_util.tree_leaves_with_path(params):
         np.testing.assert_allclose(two[jax.tree_util.keystr(path)], value, rtol=1e-4, atol=1e-6)
+
+
+def test_sigterm_to_one_process_stops_all_at_the_same_step_with_a_checkpoint(tmp_path):
+    port = free_port()
+    procs = [spawn("pretrain", port, i, 2, tmp_path) for i in range(2)]
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.monotonic() + WORKER_TIMEOUT_S
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), finish(procs, 10)
+        time.sleep(0.1)
+    procs[1].send_signal(signal.SIGTERM)  # the scheduler's notice reaches one process first
+    results = finish(procs, WORKER_TIMEOUT_S)
+    steps = set()
+    for code, err in results:
+        assert code == 0, err[-3000:]
+        steps.add(err.split("after step ")[1].split(":")[0])
+    (step,) = steps
+    assert (tmp_path / "checkpoints" / step).is_dir()
 
 
 @pytest.mark.parametrize("dying", [1, 0])
@@ -200,7 +229,7 @@ def test_launch_environment_detection():
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["train", "allreduce"])
+    parser.add_argument("mode", choices=["train", "allreduce", "pretrain"])
     for flag in ("--port", "--process-id", "--num-processes", "--die"):
         parser.add_argument(flag, type=int)
     parser.add_argument("--workdir")

@@ -35,17 +35,24 @@ class Interrupted(Exception):
     pass
 
 
-def interrupt_after(monkeypatch, num_batches):
-    """Makes the input iterator die after `num_batches`, as a pre-empted job would."""
-    original = pretrain.Pretraining.batches
+def interrupt_after(monkeypatch, num_batches, stage=pretrain.Pretraining):
+    """Makes the input of `stage` (a class with a `feed` method) die after `num_batches`, as a pre-empted job
+    would."""
+    original = stage.feed
 
-    def dying(self, start_step):
-        source = original(self, start_step)
-        for _ in range(num_batches):
-            yield next(source)
-        raise Interrupted
+    def dying(self, start_step, saved):
+        feed = original(self, start_step, saved)
+        combine, remaining = feed._combine, iter(range(num_batches))
 
-    monkeypatch.setattr(pretrain.Pretraining, "batches", dying)
+        def combine_or_die(batches):
+            if next(remaining, None) is None:
+                raise Interrupted
+            return combine(batches)
+
+        feed._combine = combine_or_die
+        return feed
+
+    monkeypatch.setattr(stage, "feed", dying)
 
 
 def test_interrupt_and_resume_continues_the_step_count(tmp_path, monkeypatch):
@@ -58,22 +65,20 @@ def test_interrupt_and_resume_continues_the_step_count(tmp_path, monkeypatch):
     results = pretrain.run_pretraining(config, str(tmp_path))
     assert results["step"] == 6
     logged = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert logged == [1, 2, 3, 4, 5, 5, 6]   # the resumed run starts after the step-4 checkpoint
+    assert logged == [1, 2, 3, 4, 5, 6]   # the resumed run starts after the step-4 checkpoint, dropping step 5's row
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["step"] == 6 and np.isfinite(saved["loss"])
     assert (tmp_path / "config.json").exists() and any((tmp_path / "tb").iterdir())
 
 
 def test_non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    original = pretrain.Pretraining.batches
+    original = pretrain.Pretraining.device_views
 
-    def poisoned(self, start_step):
-        for step, batch in enumerate(original(self, start_step), start=start_step + 1):
-            if step == 3:
-                batch = dict(batch, view1=np.full_like(batch["view1"], np.nan))
-            yield batch
+    def poisoned(self, batch, step):
+        batch = original(self, batch, step)
+        return dict(batch, view1=batch["view1"] * np.nan) if step == 3 else batch
 
-    monkeypatch.setattr(pretrain.Pretraining, "batches", poisoned)
+    monkeypatch.setattr(pretrain.Pretraining, "device_views", poisoned)
     with pytest.raises(pretrain.NonFiniteLossError, match="at step 3.*last good checkpoint is step 2"):
         pretrain.run_pretraining(digits_config(total_steps=6), str(tmp_path))
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]

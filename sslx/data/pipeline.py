@@ -21,12 +21,19 @@ except RuntimeError:  # TF was already initialised with its devices: nothing lef
 
 AUTOTUNE = tf.data.AUTOTUNE
 DEFAULT_SHUFFLE_BUFFER = 10_000
+Position = tuple[int, int]  # (epoch, index of the next record in that epoch's shuffled order) of one process
+START: Position = (0, 0)
+_POSITION_KEYS = ("_epoch", "_index")
 
 
 def pretrain_iterator(data_cfg, specs: tuple[augment.AugmentSpec, augment.AugmentSpec], *, local_batch: int,
                       image_size: int, seed: int, process_index: int = 0, process_count: int = 1,
-                      on_device: bool = False, host_size: int = 0) -> Iterator[dict[str, np.ndarray]]:
+                      on_device: bool = False, host_size: int = 0, start: Position = START,
+                      first_batch: int = 0) -> "InputStream":
     """Endless shuffled batches {'view1', 'view2': float32 [B,S,S,3] in [0, 1], 'label': int32 [B]}.
+
+    The batches are a pure function of (seed, start, first_batch): `start` is an `InputStream.position` saved with a
+    checkpoint and `first_batch` the number of batches trained on, which seeds the augmentation of each batch.
 
     With `on_device` the views are left to sslx.data.device_augment and batches are {'image': uint8, 'label'}:
     fixed-size images as decoded, variable-size ones as a random square of their shorter side resized to
@@ -36,35 +43,38 @@ def pretrain_iterator(data_cfg, specs: tuple[augment.AugmentSpec, augment.Augmen
     source = sources.load_split(data_cfg, data_cfg.get("train_split", "train"),
                                 process_index=process_index, process_count=process_count)
     seed = _process_seed(seed, process_index)
+    stream = _epoch_stream(source.records, source.decode, data_cfg, seed, start)
     if on_device:
         host_size = host_size or default_host_size(image_size)
-        return _to_numpy(_device_inputs(source, data_cfg, local_batch, seed, host_size))
+        return InputStream(_device_inputs(stream, source, data_cfg, local_batch, seed, host_size), start, data_cfg)
 
     def views(batch, batch_seed):
         view1, view2 = augment.two_views(batch["image"], specs, batch_seed, image_size)
-        return {"view1": view1, "view2": view2, "label": batch["label"]}
+        return {"view1": view1, "view2": view2, "label": batch["label"], **_positions(batch)}
 
     if _fixed_size(source):
-        batches = _decoded_batches(source, data_cfg, local_batch, seed)
-        return _to_numpy(_with_seeds(batches, seed).map(views, num_parallel_calls=AUTOTUNE))
+        batches = _decoded(stream, source, data_cfg).batch(local_batch, drop_remainder=True)
+        return InputStream(_with_seeds(batches, seed, first_batch).map(views, num_parallel_calls=AUTOTUNE),
+                           start, data_cfg)
     # Variable-size images: each view's crop happens per image, the rest of the augmentation per batch.
     uncropped = tuple(augment.without_crop(spec) for spec in specs)
 
-    def crops(index, example):
-        seeds = tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(seed, index), 2)
+    def crops(example):
+        seeds = tf.random.experimental.stateless_split(_record_seed(seed, example), 2)
         return {"image": tf.stack([augment.random_crop(example["image"], spec, s, image_size)
-                                   for spec, s in zip(specs, tf.unstack(seeds))]), "label": example["label"]}
+                                   for spec, s in zip(specs, tf.unstack(seeds))]), "label": example["label"],
+                **_positions(example)}
 
     def rest(batch, batch_seed):
         seed1, seed2 = tf.unstack(tf.random.experimental.stateless_split(batch_seed, 2))
         return {"view1": augment.augment_batch(batch["image"][:, 0], uncropped[0], seed1, image_size),
                 "view2": augment.augment_batch(batch["image"][:, 1], uncropped[1], seed2, image_size),
-                "label": batch["label"]}
+                "label": batch["label"], **_positions(batch)}
 
-    examples = _shuffled(source.records, data_cfg, seed).map(source.decode, num_parallel_calls=AUTOTUNE)
-    examples = examples.enumerate().map(crops, num_parallel_calls=AUTOTUNE)
+    examples = _decoded(stream, source, data_cfg).map(crops, num_parallel_calls=AUTOTUNE)
     batches = examples.batch(local_batch, drop_remainder=True)
-    return _to_numpy(_with_seeds(batches, seed).map(rest, num_parallel_calls=AUTOTUNE))
+    return InputStream(_with_seeds(batches, seed, first_batch).map(rest, num_parallel_calls=AUTOTUNE),
+                       start, data_cfg)
 
 
 def eval_iterator(data_cfg, split: str, *, local_batch: int, image_size: int, max_examples: int = -1,
@@ -78,9 +88,7 @@ def eval_iterator(data_cfg, split: str, *, local_batch: int, image_size: int, ma
     """
     source = sources.load_split(data_cfg, split, process_index=process_index, process_count=process_count,
                                 max_examples=max_examples, even_shards=True)
-    if crop_fraction is None:
-        small = all(side is not None and side <= 64 for side in source.image_shape[:2])
-        crop_fraction = 1.0 if small else 0.875
+    crop_fraction = centre_crop_fraction(source.info) if crop_fraction is None else crop_fraction
     steps = math.ceil(math.ceil(source.num_examples / process_count) / local_batch)
 
     def preprocess(example):
@@ -93,6 +101,36 @@ def eval_iterator(data_cfg, split: str, *, local_batch: int, image_size: int, ma
     return _to_numpy(padded.batch(local_batch).take(steps))
 
 
+def centre_crop_fraction(info: sources.SplitInfo) -> float:
+    """The evaluation crop: SimCLR keeps images of at most 64 px whole and centre-crops 87.5% of larger ones."""
+    return 1.0 if all(side is not None and side <= 64 for side in info.image_shape[:2]) else 0.875
+
+
+def indexed_iterator(data_cfg, split: str, *, local_batch: int, image_size: int, seed: int,
+                     process_index: int = 0, process_count: int = 1, start: Position = START) -> "InputStream":
+    """Endless shuffled {'image', 'index'} batches: the evaluation's centre crops with random flips, and each
+    example's position in the split's read order (the row of a precomputed per-example array, e.g. teacher
+    logits); a pure function of (seed, start) as in `pretrain_iterator`."""
+    source = sources.load_split(data_cfg, split)
+    crop = centre_crop_fraction(source.info)
+    seed = _process_seed(seed, process_index)
+    records = source.records.enumerate().shard(process_count, process_index)
+
+    def decode(indexed):
+        index, record = indexed
+        return {"image": source.decode(record)["image"], "index": index}
+
+    def view(example):
+        image = augment.eval_preprocess(example["image"], image_size, crop)
+        flipped = tf.image.stateless_random_flip_left_right(image, _record_seed(seed, example))
+        return {**example, "image": flipped}
+
+    indexed = dataclasses.replace(source, records=records, decode=decode)
+    examples = _decoded(_epoch_stream(records, decode, data_cfg, seed, start), indexed, data_cfg)
+    batches = examples.map(view, num_parallel_calls=AUTOTUNE).batch(local_batch, drop_remainder=True)
+    return InputStream(batches, start, data_cfg)
+
+
 def crop_flip_spec(crop_area_min: float = 0.08) -> augment.AugmentSpec:
     """Random resized crop (area in [crop_area_min, 1], aspect 3/4..4/3) and flip, no colour: the supervised
     augmentation of SimCLR's fine-tuning and linear evaluation."""
@@ -102,8 +140,10 @@ def crop_flip_spec(crop_area_min: float = 0.08) -> augment.AugmentSpec:
 
 def supervised_iterator(data_cfg, split: str, *, local_batch: int, image_size: int, seed: int,
                         spec: augment.AugmentSpec | None = None, indices: Sequence[int] | None = None,
-                        process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
-    """Endless shuffled {'image', 'label'} batches, augmented by `spec` (default: `crop_flip_spec()`).
+                        process_index: int = 0, process_count: int = 1, start: Position = START,
+                        first_batch: int = 0) -> "InputStream":
+    """Endless shuffled {'image', 'label'} batches, augmented by `spec` (default: `crop_flip_spec()`), a pure
+    function of (seed, start, first_batch) as in `pretrain_iterator`.
 
     `indices` restricts training to those examples of the split (e.g. a 1% or 10% label subset); they are
     chosen before the split is divided between processes.
@@ -114,22 +154,21 @@ def supervised_iterator(data_cfg, split: str, *, local_batch: int, image_size: i
         source = sources.load_split(data_cfg, split, process_index=process_index, process_count=process_count)
     else:
         source = _subset(sources.load_split(data_cfg, split), indices, process_index, process_count)
+    examples = _decoded(_epoch_stream(source.records, source.decode, data_cfg, seed, start), source, data_cfg)
 
     def crop(batch, batch_seed):
         return {"image": augment.augment_batch(batch["image"], spec, batch_seed, image_size),
-                "label": batch["label"]}
+                "label": batch["label"], **_positions(batch)}
 
-    if _fixed_size(source):
-        batches = _decoded_batches(source, data_cfg, local_batch, seed)
-    else:
-        def one(index, example):
-            image = augment.random_crop(example["image"], spec, tf.random.experimental.stateless_fold_in(
-                seed, index), image_size)
-            return {"image": image, "label": example["label"]}
+    if not _fixed_size(source):
+        def one(example):
+            image = augment.random_crop(example["image"], spec, _record_seed(seed, example), image_size)
+            return {**example, "image": image}
         spec = augment.without_crop(spec)
-        examples = _shuffled(source.records, data_cfg, seed).map(source.decode, num_parallel_calls=AUTOTUNE)
-        batches = examples.enumerate().map(one, num_parallel_calls=AUTOTUNE).batch(local_batch, drop_remainder=True)
-    return _to_numpy(_with_seeds(batches, seed).map(crop, num_parallel_calls=AUTOTUNE))
+        examples = examples.map(one, num_parallel_calls=AUTOTUNE)
+    batches = examples.batch(local_batch, drop_remainder=True)
+    return InputStream(_with_seeds(batches, seed, first_batch).map(crop, num_parallel_calls=AUTOTUNE),
+                       start, data_cfg)
 
 
 def _subset(source: sources.Source, indices: Sequence[int], process_index: int,
@@ -149,25 +188,24 @@ def default_host_size(image_size: int) -> int:
     return round(image_size * 8 / 7)
 
 
-def _device_inputs(source: sources.Source, data_cfg, local_batch: int, seed: tf.Tensor,
+def _device_inputs(stream: tf.data.Dataset, source: sources.Source, data_cfg, local_batch: int, seed: tf.Tensor,
                    host_size: int) -> tf.data.Dataset:
     """Batches {'image': uint8 [B,S,S,3], 'label'} to augment on device: decoding is all the host does."""
+    examples = _decoded(stream, source, data_cfg)
     if _fixed_size(source):
-        return _decoded_batches(source, data_cfg, local_batch, seed)
+        return examples.batch(local_batch, drop_remainder=True)
 
-    def square(index, example):
+    def square(example):
         image = example["image"]
         shape = tf.shape(image)
         side = tf.minimum(shape[0], shape[1])
         spare = tf.cast(shape[:2] - side, tf.float32)
-        offset = tf.cast(tf.random.stateless_uniform([2], tf.random.experimental.stateless_fold_in(seed, index))
-                         * (spare + 1.0), tf.int32)
+        offset = tf.cast(tf.random.stateless_uniform([2], _record_seed(seed, example)) * (spare + 1.0), tf.int32)
         crop = image[offset[0]:offset[0] + side, offset[1]:offset[1] + side]
         resized = tf.image.resize(crop, [host_size, host_size], antialias=True)  # antialias: mostly shrinking
-        return {"image": tf.saturate_cast(tf.round(resized), tf.uint8), "label": example["label"]}
+        return {**example, "image": tf.saturate_cast(tf.round(resized), tf.uint8)}
 
-    examples = _shuffled(source.records, data_cfg, seed).map(source.decode, num_parallel_calls=AUTOTUNE)
-    return examples.enumerate().map(square, num_parallel_calls=AUTOTUNE).batch(local_batch, drop_remainder=True)
+    return examples.map(square, num_parallel_calls=AUTOTUNE).batch(local_batch, drop_remainder=True)
 
 
 def _fixed_size(source: sources.Source) -> bool:
@@ -179,31 +217,50 @@ def _process_seed(seed: int, process_index: int) -> tf.Tensor:
     return tf.constant([seed, process_index], tf.int64)
 
 
-def _shuffled(records: tf.data.Dataset, data_cfg, seed: tf.Tensor) -> tf.data.Dataset:
+def _epoch_stream(records: tf.data.Dataset, decode_fn, data_cfg, seed: tf.Tensor,
+                  start: Position) -> tf.data.Dataset:
+    """Endless (position, record) pairs: epoch e is `records` shuffled with a seed drawn from (seed, e).
+
+    Starting at `start` skips that epoch's first records undecoded, so a resumed run reads exactly what the
+    uninterrupted one would have read from there on, at the cost of reading at most one epoch's raw records.
+    """
     buffer = int(data_cfg.get("shuffle_buffer", DEFAULT_SHUFFLE_BUFFER))
-    shuffle_seed = int(tf.random.stateless_uniform([], seed, 0, 2**31 - 1, tf.int64))
-    return records.repeat().shuffle(buffer, seed=shuffle_seed)
+    first_epoch, first_index = (int(v) for v in start)
+    if data_cfg.get("cache", False):  # decode once; later epochs shuffle the decoded uint8 images
+        records = records.map(decode_fn, num_parallel_calls=AUTOTUNE).cache()
+
+    def epoch(e):
+        epoch_seed = tf.random.experimental.stateless_fold_in(seed, e)
+        shuffle_seed = tf.random.stateless_uniform([], epoch_seed, 0, 2**31 - 1, tf.int64)
+        skip = tf.where(tf.equal(e, first_epoch), tf.constant(first_index, tf.int64), tf.constant(0, tf.int64))
+        shuffled = records.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+        return shuffled.enumerate().skip(skip).map(lambda i, record: ({"_epoch": e, "_index": i}, record))
+
+    return tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch)
 
 
-def _decoded_batches(source: sources.Source, data_cfg, local_batch: int, seed: tf.Tensor) -> tf.data.Dataset:
-    """Endless shuffled batches {'image': uint8 [B,H,W,3], 'label'} of a fixed-size source."""
-    shape = source.image_shape
-    if data_cfg.get("cache", False):
-        # Decode once; later epochs shuffle the decoded uint8 images (CIFAR-10 train is 150 MB).
-        examples = source.dataset.cache()
-        return _shuffled(examples, data_cfg, seed).batch(local_batch, drop_remainder=True)
-
-    def decode(records):
-        return tf.map_fn(source.decode, records, fn_output_signature={
-            "image": tf.TensorSpec(shape, tf.uint8), "label": tf.TensorSpec([], tf.int32)})
-
-    records = _shuffled(source.records, data_cfg, seed).batch(local_batch, drop_remainder=True)
-    return records.map(decode, num_parallel_calls=AUTOTUNE)
+def _decoded(stream: tf.data.Dataset, source: sources.Source, data_cfg) -> tf.data.Dataset:
+    """Decoded examples {'image', 'label', '_epoch', '_index'}; with data.skip_corrupt (default) a record that does
+    not decode is dropped (InputStream counts it from the gap in the positions) instead of stopping the run."""
+    decode = (lambda record: record) if data_cfg.get("cache", False) else source.decode
+    examples = stream.map(lambda position, record: {**decode(record), **position}, num_parallel_calls=AUTOTUNE)
+    return examples.ignore_errors() if data_cfg.get("skip_corrupt", True) else examples
 
 
-def _with_seeds(batches: tf.data.Dataset, seed: tf.Tensor) -> tf.data.Dataset:
-    """Pairs batch i with the seed fold_in(seed, i), so augmentation is fixed by the seed and the data order."""
-    return batches.enumerate().map(
+def _positions(batch: dict) -> dict:
+    return {key: batch[key] for key in _POSITION_KEYS}
+
+
+def _record_seed(seed: tf.Tensor, example: dict) -> tf.Tensor:
+    """A seed of the record's stream position: its per-image randomness does not depend on batching."""
+    return tf.random.experimental.stateless_fold_in(
+        tf.random.experimental.stateless_fold_in(seed, example["_epoch"]), example["_index"])
+
+
+def _with_seeds(batches: tf.data.Dataset, seed: tf.Tensor, first_batch: int) -> tf.data.Dataset:
+    """Pairs batch i with the seed fold_in(seed, i), i counted from `first_batch` (the steps already trained), so
+    augmentation is fixed by the seed and the step."""
+    return batches.enumerate(start=first_batch).map(
         lambda i, batch: (batch, tf.random.experimental.stateless_fold_in(seed, i)))
 
 
@@ -213,3 +270,38 @@ def _to_numpy(dataset: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
     options.threading.private_threadpool_size = 0  # TF's shared pool: all cores
     options.experimental_optimization.map_parallelization = True
     return dataset.prefetch(AUTOTUNE).with_options(options).as_numpy_iterator()
+
+
+class InputStream:
+    """A training iterator that knows where it stands: `position` follows the last batch handed out (saved with
+    each checkpoint, so a resumed run continues the same record order) and `skipped` counts the corrupt records
+    dropped so far (from gaps in the positions; records dropped at the very end of an epoch go uncounted)."""
+
+    def __init__(self, dataset: tf.data.Dataset, start: Position, data_cfg):
+        self._batches = _to_numpy(dataset)
+        self.position: Position = (int(start[0]), int(start[1]))
+        self.skipped = 0
+        self._data_name = f"{data_cfg.name} {data_cfg.get('path') or ''}".strip()
+
+    def __iter__(self) -> "InputStream":
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        try:
+            batch = next(self._batches)
+        except tf.errors.OpError as error:
+            reason = str(error.message).splitlines()[0]
+            raise ValueError(f"a record of {self._data_name} after epoch {self.position[0]} record "
+                             f"{self.position[1]} of the shuffled order does not decode ({reason}): repair the data "
+                             f"or set config.data.skip_corrupt=True to skip and count such records") from None
+        epochs, indices = batch.pop("_epoch"), batch.pop("_index")
+        self.skipped += _gaps(self.position, epochs, indices)
+        self.position = (int(epochs[-1]), int(indices[-1]) + 1)
+        return batch
+
+
+def _gaps(position: Position, epochs: np.ndarray, indices: np.ndarray) -> int:
+    """Records skipped between `position` and the batch's positions (a new epoch counts from its index 0)."""
+    expected_epoch = np.concatenate([[position[0]], epochs[:-1]])
+    expected_index = np.concatenate([[position[1]], indices[:-1] + 1])
+    return int(np.where(epochs == expected_epoch, indices - expected_index, indices).sum())

@@ -153,6 +153,16 @@ def _decode_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
     return {"image": image, "label": tf.cast(example["label"], tf.int32)}
 
 
+def _count_records(file: str, path: str) -> int:
+    """Records in one TFRecord file (read, not decoded); a damaged file is a one-line error naming it."""
+    try:
+        return int(tf.data.TFRecordDataset(file).batch(4096).reduce(np.int64(0),
+                                                                   lambda n, b: n + tf.size(b, tf.int64)))
+    except tf.errors.DataLossError as error:
+        raise ValueError(f"{file} is not a readable TFRecord file ({error.message.splitlines()[0]}): remove it "
+                         f"from config.data.path={path} or rewrite it") from None
+
+
 def _tfrecord_files(path: str, split: str) -> list[str]:
     files = sorted(str(p) for p in pathlib.Path(path).glob(f"{split}-*.tfrecord"))
     if not files:
@@ -167,10 +177,10 @@ def _tfrecord_info(path: str, split: str, num_classes: int) -> SplitInfo:
     labels_txt = pathlib.Path(path) / "labels.txt"
     if labels_txt.exists():
         num_classes = sum(1 for line in labels_txt.read_text().splitlines() if line.strip())
-    count = tf.data.TFRecordDataset(files).batch(4096).reduce(np.int64(0), lambda n, b: n + tf.size(b, tf.int64))
+    count = sum(_count_records(f, path) for f in files)
     # Image sizes from the first records' JPEG headers (no decoding); mixed sizes there mean variable-size data.
     shapes = tf.data.TFRecordDataset(files[:1]).take(_SHAPE_PROBE).map(
-        lambda r: tf.io.extract_jpeg_shape(tf.io.parse_single_example(r, _FEATURES)["image"]))
+        lambda r: tf.io.extract_jpeg_shape(tf.io.parse_single_example(r, _FEATURES)["image"])).ignore_errors()
     shapes = np.stack(list(shapes.as_numpy_iterator()))
     height, width = (int(shapes[0, i]) if (shapes[:, i] == shapes[0, i]).all() else None for i in range(2))
     return SplitInfo(int(count), num_classes, (height, width, 3))

@@ -1,21 +1,23 @@
 """What the evaluation stages share: the data section, split features and labels, results and their sinks."""
 from __future__ import annotations
 
+import functools
 import math
 import pathlib
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, NamedTuple
 
 import jax
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from sslx import data, metrics, parallel
+from sslx import data, metrics, parallel, resume
 from sslx.evaluators import subsets
 from sslx.evaluators.encoders import Pretrained
 from sslx.evaluators.features import extract_features
 from sslx.evaluators.linear import topk_accuracy
+from sslx.workdir import StopSignals
 
 
 def data_config(config: ml_collections.ConfigDict, pretrain_config: ml_collections.ConfigDict):
@@ -44,37 +46,46 @@ def split_features(fn: Callable[[jax.Array], jax.Array], data_cfg, split: str, m
 IMAGENET_SUBSETS = {0.01: "imagenet2012_subset/1pct", 0.1: "imagenet2012_subset/10pct"}
 
 
-def labelled_subset(data_cfg, fraction: float, seed: int,
-                    workdir: pathlib.Path) -> tuple[Any, np.ndarray | None, int]:
-    """(data section to train on, indices into its train split or None for all of it, number of labels).
+class LabelledSubset(NamedTuple):
+    data: Any                      # the data section to train on
+    indices: np.ndarray | None     # into its train split, or None for all of it
+    count: int                     # number of labelled examples
+    write: Callable[[Any], Any]    # write(workdir): lists the examples' ids in <workdir>/label_subset.json
+
+
+def labelled_subset(data_cfg, fraction: float, seed: int) -> LabelledSubset:
+    """The labelled examples a stage trains on; written to the workdir by `write` once its checks passed.
 
     imagenet2012 at 1% / 10% uses TFDS imagenet2012_subset; any other fraction below 1 a seeded class-balanced
-    subset. Either way the ids of the labelled examples go to <workdir>/label_subset.json.
+    subset; 1.0 the whole split (nothing to list).
     """
     split = data_cfg.train_split
     if data_cfg.name == "imagenet2012" and fraction in IMAGENET_SUBSETS:
         subset_data = ml_collections.ConfigDict(data_cfg.to_dict())
         subset_data.name, subset_data.train_split = IMAGENET_SUBSETS[fraction], "train"
         count = check_labelled(subset_data, "train").num_examples
-        subsets.write_subset(workdir, np.arange(count), data.labels_and_ids(subset_data, "train")[1],
-                             dataset=subset_data.name, split="train", fraction=fraction)
-        return subset_data, None, count
+        ids = data.labels_and_ids(subset_data, "train")[1]
+        return LabelledSubset(subset_data, None, count, functools.partial(
+            subsets.write_subset, indices=np.arange(count), ids=ids, dataset=subset_data.name, split="train",
+            fraction=fraction))
     if fraction == 1.0:
-        return data_cfg, None, check_labelled(data_cfg, split).num_examples
+        return LabelledSubset(data_cfg, None, check_labelled(data_cfg, split).num_examples, lambda workdir: None)
     labels, ids = data.labels_and_ids(data_cfg, split)
     indices = subsets.balanced_subset(labels, fraction, seed)
-    subsets.write_subset(workdir, indices, ids[indices], dataset=data_cfg.name,
-                         split=split, fraction=fraction, seed=seed)
-    return data_cfg, indices, len(indices)
+    return LabelledSubset(data_cfg, indices, len(indices), functools.partial(
+        subsets.write_subset, indices=indices, ids=ids[indices], dataset=data_cfg.name, split=split,
+        fraction=fraction, seed=seed))
 
 
-def labelled_batches(data_cfg, split: str, indices: np.ndarray | None, global_batch: int,
-                     seed: int, spec: data.AugmentSpec | None = None) -> Iterator[dict]:
-    """Random crop + flip batches of `split` (only `indices` if given), endless, for this process;
-    `spec` defaults to `data.crop_flip_spec()`."""
+def labelled_batches(data_cfg, split: str, indices: np.ndarray | None, global_batch: int, seed: int,
+                     spec: data.AugmentSpec | None = None, start: data.Position = data.START,
+                     first_batch: int = 0) -> data.InputStream:
+    """Random crop + flip batches of `split` (only `indices` if given), endless, for this process, from the
+    stream position `start`; `spec` defaults to `data.crop_flip_spec()`."""
     return data.supervised_iterator(data_cfg, split, local_batch=global_batch // jax.process_count(),
                                     image_size=data_cfg.image_size, seed=seed, indices=indices, spec=spec,
-                                    process_index=jax.process_index(), process_count=jax.process_count())
+                                    process_index=jax.process_index(), process_count=jax.process_count(),
+                                    start=start, first_batch=first_batch)
 
 
 def base_results(stage: str, pretrained: Pretrained, split: str, num_labelled: int) -> dict[str, Any]:
@@ -106,31 +117,37 @@ def classifier_accuracy(network, variables: dict[str, Any], data_cfg, mesh: Mesh
 
 
 def train_classifier(state: Any, step_fn: Callable[[Any, dict], tuple[Any, dict]],
-                     batches_from: Callable[[int], Iterator[dict]], checkpointer: Any, writer: metrics.MetricWriter,
+                     feed_from: Callable[[int, dict], resume.Feed], checkpointer: Any, writer: metrics.MetricWriter,
                      cfg: ml_collections.ConfigDict, *, section: str, total_steps: int,
                      describe: Callable[[dict], str] = lambda scalars: "") -> Any:
-    """The loop of the classifier stages (fine-tune, distil): resume from the latest checkpoint, step to
-    `total_steps` with progress lines and metrics, stop on a non-finite loss, save periodically and at the end.
+    """The loop of the classifier stages (fine-tune, distil): resume from the newest readable checkpoint (input
+    position included), step to `total_steps` with progress lines and metrics, stop on a non-finite loss, save
+    periodically and at the end, stop with a checkpoint on SIGTERM/SIGINT.
 
-    `step_fn(state, sharded batch) -> (state, metrics)`; `batches_from(start_step)` yields sharded batches; `cfg`
-    is the stage's config section (config.<section>: batch_size, log_every_steps, checkpoint_every_steps).
+    `step_fn(state, batch) -> (state, metrics)`; `feed_from(start_step, saved data)` gives the sharded batches;
+    `cfg` is the stage's config section (config.<section>: batch_size, log_every_steps, checkpoint_every_steps).
     """
-    start = checkpointer.latest_step() or 0
-    if start:
-        state = checkpointer.restore(state)
-        metrics.log(f"resumed from step {start} in {checkpointer.directory}")
+    start, state, saved = resume.restore(checkpointer, state, writer)
     progress = metrics.Progress(total_steps, cfg.batch_size, first_step=start)
-    batches = batches_from(start)
-    for step in range(start + 1, total_steps + 1):
-        state, step_metrics = step_fn(state, next(batches))
-        if step % cfg.log_every_steps == 0 or step == total_steps:
-            scalars = metrics.to_python(step_metrics)
-            if not math.isfinite(scalars["loss"]):
-                raise FloatingPointError(f"non-finite {section} loss at step {step}: lower "
-                                         f"config.{section}.optim.base_lr")
-            writer.write(step, scalars)
-            metrics.log(progress.line(step, scalars["loss"]) + describe(scalars))
-        if step % cfg.checkpoint_every_steps == 0 and step != total_steps:
-            checkpointer.save(step, state)
-    checkpointer.save(total_steps, state, force=True)
+    feed = feed_from(start, saved)
+    with StopSignals() as signals:
+        for step in range(start + 1, total_steps + 1):
+            state, step_metrics = step_fn(state, next(feed))
+            if step % cfg.log_every_steps == 0 or step == total_steps:
+                scalars = metrics.to_python(step_metrics)
+                if not math.isfinite(scalars["loss"]):
+                    raise FloatingPointError(f"non-finite {section} loss at step {step}: lower "
+                                             f"config.{section}.optim.base_lr; {checkpointer.last_good()}")
+                writer.write(step, scalars)
+                metrics.log(progress.line(step, scalars["loss"]) + describe(scalars))
+            if step % cfg.checkpoint_every_steps == 0 or step == total_steps:
+                checkpointer.save(step, state, force=step == total_steps, data=feed.checkpoint_data())
+            resume.stop_here(signals, checkpointer, step, state, feed)
     return state
+
+
+def check_loop_keys(cfg: ml_collections.ConfigDict, section: str) -> None:
+    """One-line errors for a classifier stage's loop settings (config.<section>)."""
+    for key in ("batch_size", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+        if not isinstance(cfg[key], int) or cfg[key] <= 0:
+            raise ValueError(f"config.{section}.{key}={cfg[key]!r} must be a positive integer")

@@ -22,21 +22,20 @@ import json
 import math
 import pathlib
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import tensorflow as tf
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from sslx import data, losses, metrics, optim, parallel
+from sslx import data, losses, metrics, optim, parallel, resume
+from sslx import workdir as workdir_lib
 from sslx.checkpoint import Checkpointer
 from sslx.config import base_config, distributed_config
-from sslx.data import augment
 from sslx.evaluators import common, subsets
 from sslx.evaluators.encoders import build_classifier, load_pretrained, read_config
 from sslx.parallel import BATCH_AXIS
@@ -82,6 +81,9 @@ def distill_config() -> ml_collections.ConfigDict:
     return c
 
 
+RUN_LENGTH_KEYS = ("distill.epochs", "distill.total_steps")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     cfg = config.distill
     if not config.teacher:
@@ -91,8 +93,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if cfg.supervised_weight < 0:
         raise ValueError(f"config.distill.supervised_weight={cfg.supervised_weight} must be 0 (off) or positive")
     subsets.check_fraction(cfg.label_fraction, "config.distill.label_fraction")
-    if cfg.batch_size <= 0 or cfg.labelled_batch_size <= 0:
-        raise ValueError("config.distill.batch_size and config.distill.labelled_batch_size must be positive")
+    common.check_loop_keys(cfg, "distill")
+    if cfg.labelled_batch_size <= 0:
+        raise ValueError(f"config.distill.labelled_batch_size={cfg.labelled_batch_size} must be positive")
     if cfg.total_steps <= 0 and cfg.epochs <= 0:
         raise ValueError("set config.distill.total_steps or config.distill.epochs to a positive number")
 
@@ -200,30 +203,6 @@ def make_distill_step(student, teacher, optimizer: optax.GradientTransformation,
     return jax.jit(sharded, donate_argnums=0)
 
 
-def centre_crop_fraction(info: data.SplitInfo) -> float:
-    """The crop sslx.data.eval_iterator takes, so precomputed logits and the student's views match."""
-    return 1.0 if all(side is not None and side <= 64 for side in info.image_shape[:2]) else 0.875
-
-
-def indexed_batches(data_cfg, split: str, global_batch: int, seed: int) -> Iterator[dict]:
-    """Endless shuffled {'image', 'index'} batches for this process: centre crops with random flips and their
-    positions in the split's read order (the rows of a precomputed logits file)."""
-    source = data.load_split(data_cfg, split)
-    crop = centre_crop_fraction(source.info)
-    tf_seed = tf.constant([seed, jax.process_index()], tf.int64)
-
-    def view(index, record):
-        image = augment.eval_preprocess(source.decode(record)["image"], data_cfg.image_size, crop)
-        flip_seed = tf.random.experimental.stateless_fold_in(tf_seed, index)
-        return {"image": tf.image.stateless_random_flip_left_right(image, flip_seed), "index": index}
-
-    records = source.records.enumerate().shard(jax.process_count(), jax.process_index())
-    examples = records.repeat().shuffle(int(data_cfg.shuffle_buffer), seed=seed).map(
-        view, num_parallel_calls=tf.data.AUTOTUNE)
-    local_batch = global_batch // jax.process_count()
-    return examples.batch(local_batch, drop_remainder=True).prefetch(2).as_numpy_iterator()
-
-
 def precompute_teacher_logits(teacher: Teacher, data_cfg, mesh: Mesh, batch_size: int,
                               path: pathlib.Path) -> pathlib.Path:
     """Writes the teacher's eval-mode logits of every train-split centre crop, in read order, to `path`."""
@@ -259,11 +238,11 @@ class Distillation:
                                        self.pretrained.config if self.pretrained else None, self.data)
         self.recorded.teacher_step = self.teacher.step
         self.logits = self.teacher_logits()
-        self.labelled, self.indices, self.num_labelled = None, None, 0
+        self.labelled, self.indices, self.num_labelled, self.subset = None, None, 0, None
         if cfg.supervised_weight > 0:
             parallel.check_divisible(cfg.labelled_batch_size, self.mesh.size, "config.distill.labelled_batch_size")
-            self.labelled, self.indices, self.num_labelled = common.labelled_subset(
-                self.data, cfg.label_fraction, cfg.subset_seed, self.workdir)
+            self.subset = common.labelled_subset(self.data, cfg.label_fraction, cfg.subset_seed)
+            self.labelled, self.indices, self.num_labelled = self.subset.data, self.subset.indices, self.subset.count
         steps_per_epoch = max(self.num_train // cfg.batch_size, 1)
         self.total_steps = cfg.total_steps if cfg.total_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
         warmup = (cfg.optim.warmup_steps if cfg.optim.warmup_steps >= 0
@@ -300,27 +279,32 @@ class Distillation:
                            opt_state=self.optimizer.init(params), extra={})
         return parallel.replicate(state, self.mesh)
 
-    def batches(self, start_step: int) -> Iterator[dict]:
-        """Sharded step inputs; a resumed run reshuffles with a new seed."""
+    def feed(self, start_step: int, saved: dict) -> resume.Feed:
+        """Sharded step inputs, from where the checkpoint of `start_step` left each input stream."""
         cfg = self.config.distill
-        seed = self.config.seed * 1_000_003 + start_step
         if self.logits is None:
-            unlabelled = common.labelled_batches(self.data, self.data.train_split, None, cfg.batch_size, seed)
+            unlabelled = common.labelled_batches(self.data, self.data.train_split, None, cfg.batch_size,
+                                                 self.config.seed, start=resume.stream_start(saved, "unlabelled"),
+                                                 first_batch=start_step)
         else:
-            unlabelled = indexed_batches(self.data, self.data.train_split, cfg.batch_size, seed)
-        labelled = None
+            unlabelled = data.indexed_iterator(
+                self.data, self.data.train_split, local_batch=cfg.batch_size // jax.process_count(),
+                image_size=self.data.image_size, seed=self.config.seed, process_index=jax.process_index(),
+                process_count=jax.process_count(), start=resume.stream_start(saved, "unlabelled"))
+        streams = {"unlabelled": unlabelled}
         if self.labelled is not None:
-            labelled = common.labelled_batches(self.labelled, self.labelled.train_split, self.indices,
-                                               cfg.labelled_batch_size, seed + 1)
-        while True:
-            batch = next(unlabelled)
-            inputs = {"image": batch["image"]}
-            if self.logits is not None:
-                inputs["teacher_logits"] = np.asarray(self.logits[batch["index"]])
-            if labelled is not None:
-                extra = next(labelled)
-                inputs.update(labelled_image=extra["image"], label=extra["label"])
-            yield parallel.shard_batch(inputs, self.mesh)
+            streams["labelled"] = common.labelled_batches(
+                self.labelled, self.labelled.train_split, self.indices, cfg.labelled_batch_size,
+                self.config.seed + 1, start=resume.stream_start(saved, "labelled"), first_batch=start_step)
+        return resume.Feed(streams, self._step_inputs, skipped_before=saved.get("skipped_records", 0))
+
+    def _step_inputs(self, batches: dict[str, dict]) -> dict:
+        inputs = {"image": batches["unlabelled"]["image"]}
+        if self.logits is not None:
+            inputs["teacher_logits"] = np.asarray(self.logits[batches["unlabelled"]["index"]])
+        if "labelled" in batches:
+            inputs.update(labelled_image=batches["labelled"]["image"], label=batches["labelled"]["label"])
+        return parallel.shard_batch(inputs, self.mesh)
 
     def step_fn(self) -> Callable:
         teacher = None if self.logits is not None else build_classifier(self.teacher.config, None)
@@ -341,7 +325,7 @@ def train(run: Distillation, checkpointer: Checkpointer, writer: metrics.MetricW
     """Runs (or resumes) distillation to total_steps; returns the final student state."""
     step_fn, teacher_variables = run.step_fn(), run.teacher_variables()
     return common.train_classifier(
-        run.initial_state(), lambda state, batch: step_fn(state, teacher_variables, batch), run.batches,
+        run.initial_state(), lambda state, batch: step_fn(state, teacher_variables, batch), run.feed,
         checkpointer, writer, run.config.distill, section="distill", total_steps=run.total_steps,
         describe=lambda scalars: f"  agreement {scalars['teacher_agreement']:.3f}")
 
@@ -364,25 +348,28 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
         path = precompute_teacher_logits(run.teacher, run.data, run.mesh, config.eval_batch_size,
                                          run.workdir / LOGITS_FILE)
         return {"teacher_logits": str(path)}
-    if metrics.is_chief():
-        run.workdir.mkdir(parents=True, exist_ok=True)
-        (run.workdir / "config.json").write_text(run.recorded.to_json_best_effort(indent=2) + "\n", encoding="utf-8")
-    metrics.log(f"distilling {run.teacher.workdir} ({run.teacher.config.model.name}) into "
-                f"{run.recorded.model.name} x{run.recorded.model.width} on {run.num_train} images of "
-                f"{run.data.name}: {run.total_steps} steps at batch {cfg.batch_size}")
-    checkpointer = Checkpointer(run.workdir, keep=cfg.keep_checkpoints, every_steps=cfg.checkpoint_every_steps)
-    writer = metrics.MetricWriter(run.workdir)
-    try:
-        state = train(run, checkpointer, writer)
-    finally:
-        checkpointer.close()
-        writer.close()
-    results = {"stage": "distill", "teacher": str(run.teacher.workdir), "teacher_step": run.teacher.step,
-               "teacher_model": run.teacher.config.model.name, "teacher_top1": teacher_top1(run.teacher),
-               "model": run.recorded.model.name, "width": run.recorded.model.width,
-               "student_pretrained": config.student.pretrained, "step": run.total_steps,
-               "split": run.data.eval_split, "num_labelled": run.num_labelled,
-               "temperature": cfg.temperature, "supervised_weight": cfg.supervised_weight,
-               "precomputed_logits": cfg.teacher_logits}
-    results.update(run.evaluate(state))
-    return common.finish(run.workdir, results, started)
+    with workdir_lib.open_run(run.workdir, run.recorded, RUN_LENGTH_KEYS):
+        finished = workdir_lib.finished_results(run.workdir, "step", run.total_steps)
+        if finished is not None:
+            return finished
+        if run.subset is not None:
+            run.subset.write(run.workdir)
+        metrics.log(f"distilling {run.teacher.workdir} ({run.teacher.config.model.name}) into "
+                    f"{run.recorded.model.name} x{run.recorded.model.width} on {run.num_train} images of "
+                    f"{run.data.name}: {run.total_steps} steps at batch {cfg.batch_size}")
+        checkpointer = Checkpointer(run.workdir, keep=cfg.keep_checkpoints, every_steps=cfg.checkpoint_every_steps)
+        writer = metrics.MetricWriter(run.workdir)
+        try:
+            state = train(run, checkpointer, writer)
+        finally:
+            checkpointer.close()
+            writer.close()
+        results = {"stage": "distill", "teacher": str(run.teacher.workdir), "teacher_step": run.teacher.step,
+                   "teacher_model": run.teacher.config.model.name, "teacher_top1": teacher_top1(run.teacher),
+                   "model": run.recorded.model.name, "width": run.recorded.model.width,
+                   "student_pretrained": config.student.pretrained, "step": run.total_steps,
+                   "split": run.data.eval_split, "num_labelled": run.num_labelled,
+                   "temperature": cfg.temperature, "supervised_weight": cfg.supervised_weight,
+                   "precomputed_logits": cfg.teacher_logits}
+        results.update(run.evaluate(state))
+        return common.finish(run.workdir, results, started)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import pathlib
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +23,8 @@ import optax
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from sslx import metrics, optim, parallel
+from sslx import metrics, optim, parallel, resume
+from sslx import workdir as workdir_lib
 from sslx.checkpoint import Checkpointer
 from sslx.evaluators import common, subsets
 from sslx.evaluators.encoders import Pretrained, build_classifier, check_head_layer, load_pretrained
@@ -31,12 +32,14 @@ from sslx.losses import softmax_cross_entropy
 from sslx.parallel import BATCH_AXIS
 from sslx.train import TrainState
 
+RUN_LENGTH_KEYS = ("finetune.epochs",)
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     if not config.pretrained:
         raise ValueError("config.pretrained is required: pass --config.pretrained=PRETRAIN_WORKDIR")
     subsets.check_fraction(config.finetune.label_fraction, "config.finetune.label_fraction")
-    if config.finetune.batch_size <= 0:
-        raise ValueError(f"config.finetune.batch_size={config.finetune.batch_size} must be positive")
+    common.check_loop_keys(config.finetune, "finetune")
 
 
 def default_epochs(label_fraction: float) -> float:
@@ -104,8 +107,8 @@ class FineTuning:
         check_head_layer(self.pretrained.config, cfg.head_layers, "config.finetune.head_layers")
         self.data = common.data_config(config, self.pretrained.config)
         self.num_classes = common.check_labelled(self.data, self.data.train_split).num_classes
-        self.train_data, self.indices, self.num_labelled = common.labelled_subset(
-            self.data, cfg.label_fraction, cfg.subset_seed, self.workdir)
+        self.subset = common.labelled_subset(self.data, cfg.label_fraction, cfg.subset_seed)
+        self.train_data, self.indices, self.num_labelled = self.subset.data, self.subset.indices, self.subset.count
         epochs = cfg.epochs if cfg.epochs > 0 else default_epochs(cfg.label_fraction)
         self.total_steps = max(math.ceil(epochs * self.num_labelled / cfg.batch_size), 1)
         steps_per_epoch = max(self.num_labelled // cfg.batch_size, 1)
@@ -132,12 +135,14 @@ class FineTuning:
                            opt_state=self.optimizer.init(params), extra={})
         return parallel.replicate(state, self.mesh)
 
-    def batches(self, start_step: int) -> Iterator[dict]:
-        """Sharded labelled batches; a resumed run reshuffles with a seed from its start step."""
-        batches = common.labelled_batches(self.train_data, self.train_data.train_split, self.indices,
-                                          self.config.finetune.batch_size, self.config.seed * 1_000_003 + start_step)
-        for batch in batches:
-            yield parallel.shard_batch({"image": batch["image"], "label": batch["label"]}, self.mesh)
+    def feed(self, start_step: int, saved: dict) -> resume.Feed:
+        """Sharded labelled batches, from where the checkpoint of `start_step` left the input."""
+        stream = common.labelled_batches(self.train_data, self.train_data.train_split, self.indices,
+                                         self.config.finetune.batch_size, self.config.seed,
+                                         start=resume.stream_start(saved, "labelled"), first_batch=start_step)
+        return resume.Feed({"labelled": stream}, lambda batches: parallel.shard_batch(
+            {"image": batches["labelled"]["image"], "label": batches["labelled"]["label"]}, self.mesh),
+            skipped_before=saved.get("skipped_records", 0))
 
     def evaluate(self, state: TrainState) -> dict[str, float]:
         return common.classifier_accuracy(
@@ -148,7 +153,7 @@ class FineTuning:
 def train(run: FineTuning, checkpointer: Checkpointer, writer: metrics.MetricWriter) -> TrainState:
     """Runs (or resumes) fine-tuning to total_steps; returns the final state."""
     step_fn = make_finetune_step(build_classifier(run.recorded, BATCH_AXIS), run.optimizer, run.schedule, run.mesh)
-    return common.train_classifier(run.initial_state(), step_fn, run.batches, checkpointer, writer,
+    return common.train_classifier(run.initial_state(), step_fn, run.feed, checkpointer, writer,
                                    run.config.finetune, section="finetune", total_steps=run.total_steps)
 
 
@@ -157,20 +162,22 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
     started = time.perf_counter()
     run = FineTuning(config, workdir)
     cfg = config.finetune
-    if metrics.is_chief():
-        run.workdir.mkdir(parents=True, exist_ok=True)
-        (run.workdir / "config.json").write_text(run.recorded.to_json_best_effort(indent=2) + "\n", encoding="utf-8")
-    metrics.log(f"fine-tuning {run.pretrained.workdir} step {run.pretrained.step} (+{cfg.head_layers} head layers) "
-                f"on {run.num_labelled} labels of {run.train_data.name}: {run.total_steps} steps at batch "
-                f"{cfg.batch_size}")
-    checkpointer = Checkpointer(run.workdir, keep=cfg.keep_checkpoints, every_steps=cfg.checkpoint_every_steps)
-    writer = metrics.MetricWriter(run.workdir)
-    try:
-        state = train(run, checkpointer, writer)
-    finally:
-        checkpointer.close()
-        writer.close()
-    results = common.base_results("finetune", run.pretrained, run.data.eval_split, run.num_labelled)
-    results.update(run.evaluate(state), label_fraction=cfg.label_fraction, head_layers=cfg.head_layers,
-                   finetune_steps=run.total_steps)
-    return common.finish(run.workdir, results, started)
+    with workdir_lib.open_run(run.workdir, run.recorded, RUN_LENGTH_KEYS):
+        finished = workdir_lib.finished_results(run.workdir, "finetune_steps", run.total_steps)
+        if finished is not None:
+            return finished
+        run.subset.write(run.workdir)
+        metrics.log(f"fine-tuning {run.pretrained.workdir} step {run.pretrained.step} (+{cfg.head_layers} head "
+                    f"layers) on {run.num_labelled} labels of {run.train_data.name}: {run.total_steps} steps at "
+                    f"batch {cfg.batch_size}")
+        checkpointer = Checkpointer(run.workdir, keep=cfg.keep_checkpoints, every_steps=cfg.checkpoint_every_steps)
+        writer = metrics.MetricWriter(run.workdir)
+        try:
+            state = train(run, checkpointer, writer)
+        finally:
+            checkpointer.close()
+            writer.close()
+        results = common.base_results("finetune", run.pretrained, run.data.eval_split, run.num_labelled)
+        results.update(run.evaluate(state), label_fraction=cfg.label_fraction, head_layers=cfg.head_layers,
+                       finetune_steps=run.total_steps)
+        return common.finish(run.workdir, results, started)

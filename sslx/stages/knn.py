@@ -8,6 +8,7 @@ from typing import Any
 import ml_collections
 
 from sslx import metrics, parallel
+from sslx import workdir as workdir_lib
 from sslx.evaluators import common
 from sslx.evaluators.encoders import check_head_layer, embed, load_pretrained
 from sslx.evaluators.knn import knn_classify
@@ -26,6 +27,7 @@ def run_knn(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """The `sslx-knn` stage; top1/top5 in results.json are those of the first k in config.knn.ks."""
     validate(config)
     started = time.perf_counter()
+    workdir_lib.check_writable(workdir)  # before the features: a bad --workdir costs nothing
     mesh = parallel.make_mesh()
     pretrained = load_pretrained(config.pretrained, config.step, mesh)
     check_head_layer(pretrained.config, config.head_layer, "config.head_layer")

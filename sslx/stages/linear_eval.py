@@ -22,6 +22,7 @@ from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
 from sslx import data, metrics, parallel
+from sslx import workdir as workdir_lib
 from sslx.evaluators import common, linear, subsets
 from sslx.evaluators.encoders import Pretrained, check_head_layer, embed, load_pretrained
 from sslx.parallel import BATCH_AXIS
@@ -159,6 +160,7 @@ def select_learning_rate(run: LinearEval, train: tuple[np.ndarray, np.ndarray]) 
 def run_linear_eval(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """The `sslx-linear-eval` stage: writes results.json (top-1/top-5 on the eval split) and returns it."""
     started = time.perf_counter()
+    workdir_lib.check_writable(workdir)  # before the features: a bad --workdir costs nothing
     run = LinearEval(config)
     cfg = config.linear
     metrics.log(f"linear eval ({cfg.mode}) of {run.pretrained.workdir} step {run.pretrained.step} on "

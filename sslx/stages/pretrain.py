@@ -4,14 +4,15 @@ from __future__ import annotations
 import math
 import pathlib
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
 from sslx import config as config_lib
-from sslx import data, metrics, optim, parallel
+from sslx import data, metrics, optim, parallel, resume
+from sslx import workdir as workdir_lib
 from sslx.checkpoint import Checkpointer
 from sslx.data import device_augment
 from sslx.evaluators import periodic
@@ -37,9 +38,8 @@ def resolve_steps(config: ml_collections.ConfigDict, num_examples: int) -> tuple
 def check_finite(step: int, loss: float, checkpointer: Checkpointer) -> None:
     if not math.isfinite(loss):
         raise NonFiniteLossError(
-            f"non-finite loss ({loss}) at step {step}; stopped without saving it, the last good checkpoint is "
-            f"step {checkpointer.latest_step()} in {checkpointer.directory}. Lower config.optim.base_lr or "
-            f"use config.model.dtype='float32'.")
+            f"non-finite loss ({loss}) at step {step}; stopped without saving it, {checkpointer.last_good()}. "
+            f"Lower config.optim.base_lr or use config.model.dtype='float32'.")
 
 
 class Pretraining:
@@ -73,13 +73,16 @@ class Pretraining:
             self.method, self.optimizer, self.init_rng, sample)
         return parallel.replicate(state, self.mesh)
 
-    def batches(self, start_step: int) -> Iterator[dict]:
-        # A resumed run reshuffles with a new seed instead of replaying the epoch it started with.
-        return data.pretrain_iterator(
+    def feed(self, start_step: int, saved: dict) -> resume.Feed:
+        """Sharded batches from where the checkpoint of `start_step` left the input (its `saved` data)."""
+        stream = data.pretrain_iterator(
             self.config.data, self.specs, local_batch=self.config.batch_size // jax.process_count(),
-            image_size=self.config.data.image_size, seed=self.config.seed * 1_000_003 + start_step,
-            process_index=jax.process_index(), process_count=jax.process_count(), on_device=self.on_device,
-            host_size=self.config.augment.get("host_size", 0))
+            image_size=self.config.data.image_size, seed=self.config.seed, process_index=jax.process_index(),
+            process_count=jax.process_count(), on_device=self.on_device,
+            host_size=self.config.augment.get("host_size", 0), start=resume.stream_start(saved, "train"),
+            first_batch=start_step)
+        return resume.Feed({"train": stream}, lambda batches: parallel.shard_batch(batches["train"], self.mesh),
+                           skipped_before=saved.get("skipped_records", 0))
 
     def device_views(self, batch: dict, step: int) -> dict:
         """The sharded batch with its two views, made on the devices when config.augment.on_device."""
@@ -89,47 +92,36 @@ class Pretraining:
         return {"view1": view1, "view2": view2, "label": batch["label"]}
 
 
-def _write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
-    if metrics.is_chief():
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n", encoding="utf-8")
-
-
 def train(run: Pretraining, checkpointer: Checkpointer, writer: metrics.MetricWriter) -> tuple[TrainState, dict]:
     """Runs (or resumes) the loop to total_steps; returns the final state and last logged scalars."""
     config = run.config
-    state = run.initial_state()
-    start = checkpointer.latest_step() or 0
-    parallel.check_same_on_all_processes(str(start), "the step to resume from")
-    if start:
-        state = checkpointer.restore(state)
-        metrics.log(f"resumed from step {start} in {checkpointer.directory}")
+    start, state, saved = resume.restore(checkpointer, run.initial_state(), writer)
     train_step = make_train_step(run.method, run.optimizer, run.schedule, run.mesh)
     evaluators = periodic.build(run)
     progress = metrics.Progress(run.total_steps, config.batch_size, first_step=start)
-    batches = run.batches(start)
+    feed = run.feed(start, saved)
     last: dict[str, float] = {}
     pending: tuple[int, jax.Array] | None = None
-    for step in range(start + 1, run.total_steps + 1):
-        batch = run.device_views(parallel.shard_batch(next(batches), run.mesh), step)
-        state, step_metrics = train_step(state, batch, run.step_rng)
-        # Checking the previous step's loss keeps one step in flight while still naming the exact step.
-        if pending is not None:
-            check_finite(pending[0], float(pending[1]), checkpointer)
-        pending = (step, step_metrics["loss"])
-        if step % config.log_every_steps == 0 or step == run.total_steps:
-            last = metrics.to_python(step_metrics)
-            check_finite(step, last["loss"], checkpointer)
-            writer.write(step, last)
-            metrics.log(progress.line(step, last["loss"]))
-        if evaluators and step % config.eval.every_steps == 0:
-            writer.write(step, periodic.run_all(evaluators, state))
-        if step % config.checkpoint_every_steps == 0 and step != run.total_steps:
-            check_finite(step, float(step_metrics["loss"]), checkpointer)
-            checkpointer.save(step, state)
-    if pending is not None:
-        check_finite(pending[0], float(pending[1]), checkpointer)
-    checkpointer.save(run.total_steps, state, force=True)
+    with workdir_lib.StopSignals() as signals:
+        for step in range(start + 1, run.total_steps + 1):
+            batch = run.device_views(next(feed), step)
+            state, step_metrics = train_step(state, batch, run.step_rng)
+            # Checking the previous step's loss keeps one step in flight while still naming the exact step.
+            if pending is not None:
+                check_finite(pending[0], float(pending[1]), checkpointer)
+            pending = (step, step_metrics["loss"])
+            if step % config.log_every_steps == 0 or step == run.total_steps:
+                last = metrics.to_python(step_metrics)
+                check_finite(step, last["loss"], checkpointer)
+                writer.write(step, last)
+                metrics.log(progress.line(step, last["loss"]))
+            if evaluators and step % config.eval.every_steps == 0:
+                writer.write(step, periodic.run_all(evaluators, state))
+            if step % config.checkpoint_every_steps == 0 or step == run.total_steps:
+                check_finite(step, float(step_metrics["loss"]), checkpointer)
+                checkpointer.save(step, state, force=step == run.total_steps, data=feed.checkpoint_data())
+            resume.stop_here(signals, checkpointer, step, state, feed)
+    last["skipped_records"] = feed.skipped_records
     return state, last
 
 
@@ -167,24 +159,30 @@ def evaluate(run: Pretraining, state: TrainState) -> dict[str, float]:
 
 
 def run_pretraining(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """The `sslx-pretrain` stage: train, save, evaluate, write results.json; returns the results."""
+    """The `sslx-pretrain` stage: train, save, evaluate, write results.json; returns the results.
+
+    Rerunning resumes from the newest readable checkpoint; a finished workdir returns its results unchanged."""
     run = Pretraining(config, workdir)
-    _write_config(config, run.workdir)
-    metrics.log(f"pretraining {config.method} {config.model.name} on {config.data.name}: "
-                f"{run.total_steps} steps at global batch {config.batch_size} on {run.mesh.size} devices")
-    checkpointer = Checkpointer(run.workdir, keep=config.keep_checkpoints, every_steps=config.checkpoint_every_steps)
-    writer = metrics.MetricWriter(run.workdir)
-    start = time.perf_counter()
-    try:
-        state, last = train(run, checkpointer, writer)
-    finally:
-        checkpointer.close()
-        writer.close()
-    results = {"stage": "pretrain", "method": config.method, "model": config.model.name,
-               "dataset": config.data.name, "step": int(jax.device_get(state.step)),
-               "total_steps": run.total_steps, "batch_size": config.batch_size,
-               "train_seconds": round(time.perf_counter() - start, 1), **last}
-    results.update(evaluate(run, state))
-    path = metrics.write_results(run.workdir, results)
+    with workdir_lib.open_run(run.workdir, config):
+        finished = workdir_lib.finished_results(run.workdir, "step", run.total_steps)
+        if finished is not None:
+            return finished
+        metrics.log(f"pretraining {config.method} {config.model.name} on {config.data.name}: "
+                    f"{run.total_steps} steps at global batch {config.batch_size} on {run.mesh.size} devices")
+        checkpointer = Checkpointer(run.workdir, keep=config.keep_checkpoints,
+                                    every_steps=config.checkpoint_every_steps)
+        writer = metrics.MetricWriter(run.workdir)
+        start = time.perf_counter()
+        try:
+            state, last = train(run, checkpointer, writer)
+        finally:
+            checkpointer.close()
+            writer.close()
+        results = {"stage": "pretrain", "method": config.method, "model": config.model.name,
+                   "dataset": config.data.name, "step": int(jax.device_get(state.step)),
+                   "total_steps": run.total_steps, "batch_size": config.batch_size,
+                   "train_seconds": round(time.perf_counter() - start, 1), **last}
+        results.update(evaluate(run, state))
+        path = metrics.write_results(run.workdir, results)
     metrics.log(f"wrote {path}")
     return results

@@ -110,3 +110,11 @@ def finetune() -> None:
 def distill() -> None:
     from sslx.stages.distill import run_distill
     _run_stage("sslx-distill", run_distill)
+
+
+def make_tfrecords() -> None:
+    from sslx.data.make_tfrecords import main
+    try:
+        main(sys.argv[1:])
+    except (*RUN_ERRORS, FileExistsError) as error:
+        _fail("sslx-make-tfrecords", error)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 from typing import Any
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -16,7 +17,7 @@ import ml_collections
 from jax import lax
 
 from sslx import models
-from sslx.losses import softmax_cross_entropy
+from sslx.losses import check_labels, softmax_cross_entropy
 from sslx.parallel import BATCH_AXIS
 
 Metrics = dict[str, jax.Array]
@@ -81,6 +82,19 @@ def build_predictor(config: ml_collections.ConfigDict, axis_name: str | None) ->
         num_layers=pred_cfg.num_layers, hidden_dim=pred_cfg.hidden_dim if pred_cfg.hidden_dim > 0 else None,
         out_dim=config.head.out_dim, final_bn=False, bn_axis_name=bn_axis(config.model, axis_name),
         bn_momentum=config.model.bn_momentum, dtype=compute_dtype(config.model))
+
+
+def check_batch(batch: dict[str, jax.Array]) -> None:
+    """The per-replica batch every method reads: two float views [n, H, W, 3] of one shape and, where the
+    online probe or SupCon needs them, int labels [n] (checked at trace time, so a pipeline or view-maker change
+    that breaks it fails before the first step)."""
+    views = [batch["view1"], batch["view2"]]
+    chex.assert_rank(views, 4)
+    chex.assert_equal_shape(views)
+    chex.assert_type(views, float)
+    chex.assert_axis_dimension(batch["view1"], 3, 3)
+    if "label" in batch:
+        check_labels(batch["label"], batch["view1"].shape[0])
 
 
 class Method(abc.ABC):

@@ -146,6 +146,7 @@ def eval_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.head_layer = 0              # linear eval / kNN features: 0 the encoder output, i head layer i (SimCLRv2)
     c.eval_batch_size = 512       # feature extraction and test-set inference
+    c.embedding_map_points = 1000  # linear eval / kNN: eval-set points in plots/embedding_map.png (0: no map)
 
     c.data = base_config().data   # used when data.name is set; "" takes the pretraining's data section
     c.data.name = ""

@@ -134,13 +134,25 @@ def test_make_tfrecords_round_trip(digit_folder, tmp_path):
                 np.testing.assert_array_equal(a["image"], tf.io.decode_jpeg(tf.io.encode_jpeg(b["image"], quality=95)))
 
 
-def test_pretraining_on_a_folder_of_variable_size_images(tmp_path):
+def test_pretraining_on_a_folder_of_variable_size_images_logs_the_probe(tmp_path, monkeypatch):
     write_digits(tmp_path / "images", sizes=(16, 20))
     config = digits_config(total_steps=2)
     config.data.name, config.data.path, config.data.image_size = "folder", str(tmp_path / "images"), 12
+    # The probe itself is tested on CIFAR-10 (methods_cifar.py); here only where its numbers go.
+    probe = {"linear_probe_top1": 0.25, "random_init_linear_probe_top1": 0.125}
+    monkeypatch.setattr(pretrain, "evaluate", lambda run, state: probe)
     results = pretrain.run_pretraining(config, str(tmp_path / "run"))
     assert results["step"] == 2 and np.isfinite(results["loss"]) and results["dataset"] == "folder"
     assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["path"] == str(tmp_path / "images")
+    # The end-of-run probe is logged at the last step beside the training curves.
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 2 and last["linear_probe_top1"] == results["linear_probe_top1"]
+    tags = {value.tag for events in (tmp_path / "run" / "tb").glob("events*")
+            for event in tf.compat.v1.train.summary_iterator(str(events)) for value in event.summary.value}
+    assert {"loss", "linear_probe_top1", "random_init_linear_probe_top1"} <= tags
+    # Pictures: the views at the start, the curves at the end.
+    assert {"plots/augmentation_preview", "plots/curves"} <= tags
+    assert {p.name for p in (tmp_path / "run" / "plots").iterdir()} == {"augmentation_preview.png", "curves.png"}
 
 
 def test_missing_tfrecords_say_how_to_convert(tmp_path):

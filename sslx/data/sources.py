@@ -231,3 +231,18 @@ def _decode_tfds(record: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     image = tf.io.decode_image(record["image"], channels=3, expand_animations=False)
     label = record["label"] if "label" in record else tf.constant(-1, tf.int64)
     return {"image": image, "label": tf.cast(label, tf.int32)}
+
+
+def class_names(data_cfg, split: str) -> tuple[str, ...]:
+    """Names of the label ids of `split` (for pictures); () where the data set has none."""
+    name = data_cfg.name
+    if name == "digits":
+        return tuple(str(d) for d in range(10))
+    if name == "folder":
+        return folder.split_files(data_cfg, split).class_names
+    if name == "tfrecord":
+        labels_txt = pathlib.Path(str(data_cfg.path)) / "labels.txt"
+        return tuple(line.strip() for line in labels_txt.read_text().splitlines() if line.strip()) \
+            if labels_txt.exists() else ()
+    features = _tfds_builder(name, data_cfg.get("data_dir")).info.features
+    return tuple(features["label"].names) if "label" in features else ()

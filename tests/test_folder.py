@@ -134,8 +134,8 @@ def test_make_tfrecords_round_trip(digit_folder, tmp_path):
                 np.testing.assert_array_equal(a["image"], tf.io.decode_jpeg(tf.io.encode_jpeg(b["image"], quality=95)))
 
 
-def test_pretraining_on_a_folder_of_variable_size_images_logs_the_probe(tmp_path, monkeypatch):
-    write_digits(tmp_path / "images", sizes=(16, 20))
+def test_pretraining_on_a_flat_folder_of_variable_size_images_logs_the_probe(tmp_path, monkeypatch):
+    write_digits(tmp_path / "images", sizes=(16, 20), flat=True)  # unlabelled: no online probe
     config = digits_config(total_steps=2)
     config.data.name, config.data.path, config.data.image_size = "folder", str(tmp_path / "images"), 12
     # The probe itself is tested on CIFAR-10 (methods_cifar.py); here only where its numbers go.

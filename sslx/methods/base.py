@@ -103,7 +103,8 @@ class Method(abc.ABC):
 
     def __init__(self, config: ml_collections.ConfigDict, num_classes: int, total_steps: int):
         self.config = config
-        self.num_classes = num_classes if config.probe.online else 0
+        # -1: unlabelled data (a flat image folder, a tfrecord without labels.txt): nothing for a probe to learn.
+        self.num_classes = max(num_classes, 0) if config.probe.online else 0
         self.total_steps = total_steps   # for schedules inside the method (EMA momentum, ...)
         self.validate()
 

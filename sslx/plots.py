@@ -180,8 +180,10 @@ def curves(runs: Mapping[str, list[dict[str, float]]]) -> Figure:
     return figure
 
 
-def write_curves(workdir: str | pathlib.Path) -> pathlib.Path:
-    """`<workdir>/plots/curves.png` (and TensorBoard) from the run's metrics.jsonl."""
+def write_curves(workdir: str | pathlib.Path) -> pathlib.Path | None:
+    """`<workdir>/plots/curves.png` (and TensorBoard) from the run's metrics.jsonl, which process 0 wrote."""
+    if not metrics.is_chief():
+        return None
     records = read_metrics(workdir)
     step = max((int(r["step"]) for r in records), default=0)
     return save(curves({pathlib.Path(workdir).name: records}), workdir, "curves", step)

@@ -126,8 +126,11 @@ def _is_image(name: str) -> bool:
 
 
 def _images_under(directory: str) -> list[str]:
-    """Every image below `directory`, sorted (class folders may nest, as ImageFolder allows)."""
+    """Every image below `directory`, sorted (class folders may nest, as ImageFolder allows; hidden folders such
+    as .ipynb_checkpoints are skipped)."""
     return sorted(posixpath.join(parent, name) for parent, _, names in tf.io.gfile.walk(directory)
+                  if not any(part.startswith(".") for part in posixpath.relpath(parent, directory).split("/")
+                             if part != ".")
                   for name in names if _is_image(name))
 
 

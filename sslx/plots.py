@@ -60,7 +60,8 @@ def save(figure: Figure, workdir: str | pathlib.Path, name: str, step: int = 0,
 def augmentation_preview(config: Any, num_images: int = 8, seed: int = 0) -> Figure:
     """The first `num_images` of a shuffled training batch and the two views pretraining makes of each.
 
-    Views come from the run's own augmentation (config.augment) on the decoded batch. Variable-size images are
+    Views come from the run's own augmentation (config.augment, drawn with the tf.data implementation, which
+    config.augment.on_device mirrors on the accelerator) on the decoded batch. Variable-size images are
     shown as the square the on-device path crops from (a random square of the shorter side); the host path
     crops from the whole image instead.
     """

@@ -2,7 +2,6 @@
 import json
 import sys
 
-import numpy as np
 import pytest
 import tensorflow as tf
 from sklearn.datasets import load_digits

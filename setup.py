@@ -8,6 +8,9 @@ STAGES = {
     "sslx-finetune": "sslx.cli:finetune",
     "sslx-distill": "sslx.cli:distill",
     "sslx-benchmark": "sslx.cli:benchmark",
+    "sslx-make-tfrecords": "sslx.cli:make_tfrecords",
+    "sslx-preview": "sslx.cli:preview",
+    "sslx-plot": "sslx.cli:plot",
 }
 
 setup(
@@ -26,7 +29,9 @@ setup(
         "ml-collections>=1.0",
         "orbax-checkpoint>=0.11",
         "chex>=0.1.89",
+        "etils[epath]",
         "scikit-learn>=1.3",
+        "matplotlib>=3.6",
         "absl-py",
         "numpy",
     ],

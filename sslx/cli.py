@@ -47,8 +47,9 @@ def _unknown_key_message(error: Exception, argv: list[str]) -> str:
             f"see sslx/config.py and the recipe file for the valid keys")
 
 
-def _parse(program: str, argv: list[str]):
-    """Parses the stage flags; the config file is executed and overrides applied (locked: no new keys)."""
+def _parse(program: str, argv: list[str], out_flag: str = "workdir",
+           out_help: str = "the directory for checkpoints and results.json"):
+    """Parses `--config` (executed, overrides applied, locked: no new keys) and the required `--<out_flag>`."""
     path = _config_path(argv)
     if path is None:
         _fail(program, ValueError("--config is required: pass a recipe such as --config configs/quickstart.py"))
@@ -57,21 +58,20 @@ def _parse(program: str, argv: list[str]):
     flag_values = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "Recipe file (configs/*.py) returning a ConfigDict.",
                                     flag_values=flag_values, lock_config=True)
-    flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.json.",
-                        flag_values=flag_values)
+    flags.DEFINE_string(out_flag, None, out_help, flag_values=flag_values)
     try:
         flag_values(argv)
         config = flag_values.config
         config.to_dict()  # the recipe loads lazily: surface its errors here
-        if not flag_values.workdir:
-            raise ValueError("--workdir is required: pass the directory for checkpoints and results.json")
+        if not flag_values[out_flag].value:
+            raise ValueError(f"--{out_flag} is required: pass {out_help}")
     except (KeyError, AttributeError) as error:  # how ml_collections reports a key the recipe lacks
         _fail(program, ValueError(_unknown_key_message(error, argv)))
     except PARSE_ERRORS as error:
         _fail(program, error)
     except Exception as error:  # noqa: BLE001 - the recipe's own code failed: show where in the recipe
         _recipe_failed(program, path.split(":", 1)[0], error)
-    return config, flag_values.workdir
+    return config, flag_values[out_flag].value
 
 
 def _recipe_failed(program: str, recipe: str, error: Exception) -> None:
@@ -132,3 +132,34 @@ def finetune() -> None:
 def distill() -> None:
     from sslx.stages.distill import run_distill
     _run_stage("sslx-distill", run_distill)
+
+
+def make_tfrecords() -> None:
+    from sslx.data.make_tfrecords import main
+    try:
+        main(sys.argv[1:])
+    except (*RUN_ERRORS, FileExistsError) as error:
+        _fail("sslx-make-tfrecords", error)
+
+
+def preview() -> None:
+    """`sslx-preview --config C --out FILE.png [--config.key=value ...]`: the augmentation preview, no training."""
+    logging.set_verbosity(logging.WARNING)
+    config, out = _parse("sslx-preview", sys.argv, "out", "the PNG file to write")
+    from sslx import config as config_lib, plots
+    try:
+        config_lib.validate_data(config.data)
+        figure = plots.augmentation_preview(config, seed=int(config.seed))
+    except RUN_ERRORS as error:
+        _fail("sslx-preview", error)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    figure.savefig(out)
+    print(f"wrote {out}")
+
+
+def plot() -> None:
+    from sslx.plots import plot_main
+    try:
+        plot_main(sys.argv[1:])
+    except RUN_ERRORS as error:
+        _fail("sslx-plot", error)

@@ -32,9 +32,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.micro_batch_size = 0        # > 0: GradCache accumulation over per-device micro-batches of this size
 
     c.data = ml_collections.ConfigDict()
-    c.data.name = "cifar10"       # digits | tfrecord | a TFDS name
+    c.data.name = "cifar10"       # digits | tfrecord | folder | a TFDS name
     c.data.data_dir = ml_collections.config_dict.placeholder(str)   # TFDS data_dir
-    c.data.path = ml_collections.config_dict.placeholder(str)       # tfrecord directory
+    c.data.path = ml_collections.config_dict.placeholder(str)       # tfrecord directory, or image folder
     c.data.num_classes = -1       # tfrecord without labels.txt
     c.data.train_split = "train"
     c.data.eval_split = "test"
@@ -42,6 +42,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.shuffle_buffer = 10_000
     c.data.cache = False          # keep decoded images in memory (small data sets)
     c.data.skip_corrupt = True    # drop records that do not decode, counted in results.json; False: stop, naming it
+    c.data.eval_fraction = 0.1    # folder without split subfolders: share of each class held out as eval_split
+    c.data.split_seed = 0         # folder: seeds that hold-out and the fixed (shuffled) read order
 
     c.augment = ml_collections.ConfigDict()
     c.augment.preset = "cifar"    # cifar | imagenet | none; any AugmentSpec field overrides it
@@ -145,6 +147,7 @@ def eval_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.head_layer = 0              # linear eval / kNN features: 0 the encoder output, i head layer i (SimCLRv2)
     c.eval_batch_size = 512       # feature extraction and test-set inference
+    c.embedding_map_points = 1000  # linear eval / kNN: eval-set points in plots/embedding_map.png (0: no map)
 
     c.data = base_config().data   # used when data.name is set; "" takes the pretraining's data section
     c.data.name = ""
@@ -235,5 +238,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check_positive(config, ("data.image_size", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints"))
     if config.eval.every_steps < 0:
         raise ValueError(f"config.eval.every_steps={config.eval.every_steps} must be 0 (off) or positive.")
-    if config.data.name == "tfrecord" and not config.data.path:
+    validate_data(config.data)
+
+
+def validate_data(data: ml_collections.ConfigDict) -> None:
+    """The data section's own checks (shared by every stage that reads one)."""
+    if data.name == "tfrecord" and not data.path:
         raise ValueError("config.data.name='tfrecord' needs config.data.path=<directory of {split}-*.tfrecord files>.")
+    if data.name == "folder" and not data.path:
+        raise ValueError("config.data.name='folder' needs config.data.path=<directory of JPEG/PNG images>.")

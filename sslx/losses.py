@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -33,6 +34,21 @@ def embedding_std(z: jax.Array) -> jax.Array:
     return jnp.mean(jnp.std(l2_normalize(z.astype(jnp.float32)), axis=0))
 
 
+def check_pair(a: jax.Array, b: jax.Array) -> None:
+    """Two batches of per-example vectors [n, d] of one shape and a float dtype (the two views' embeddings, a
+    prediction and its target). Shapes are static, so this costs nothing in the compiled step; it turns a
+    broadcast that would silently compute a wrong loss into an error at trace time."""
+    chex.assert_rank([a, b], 2)
+    chex.assert_equal_shape([a, b])
+    chex.assert_type([a, b], float)
+
+
+def check_labels(labels: jax.Array, n: int) -> None:
+    """Integer class ids, one per example."""
+    chex.assert_shape(labels, (n,))
+    chex.assert_type(labels, int)
+
+
 def _gather_replicas(x: jax.Array, axis_name: str | None) -> tuple[jax.Array, jax.Array]:
     """All views of the global batch, and the offset of this replica's rows in it.
 
@@ -55,6 +71,7 @@ def nt_xent(z1: jax.Array, z2: jax.Array, *, temperature: float, axis_name: str 
     Per replica: n local examples, candidates are the 2N gathered views of all replicas.
     `chunk_size` > 0 computes the same loss with `nt_xent_chunked`, for huge global batches.
     """
+    check_pair(z1, z2)
     if chunk_size:
         return nt_xent_chunked(z1, z2, temperature=temperature, chunk_size=chunk_size, axis_name=axis_name)
     n = z1.shape[0]
@@ -91,6 +108,7 @@ def nt_xent_chunked(z1: jax.Array, z2: jax.Array, *, temperature: float, chunk_s
     logits from the saved per-anchor log-sum-exp instead of storing them. Logits per replica:
     2n x chunk_size floats (64 MB at 16,384 local anchors and chunk_size=1,024), against 2n x 2N.
     """
+    check_pair(z1, z2)
     n = z1.shape[0]
     z1 = l2_normalize(z1.astype(jnp.float32))
     z2 = l2_normalize(z2.astype(jnp.float32))
@@ -172,6 +190,10 @@ _chunked_contrastive.defvjp(_chunked_forward, _chunked_backward)
 
 def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     """Mean cross-entropy over the (masked) examples of this replica; labels are int class ids."""
+    chex.assert_rank(logits, 2)
+    check_labels(labels, logits.shape[0])
+    if mask is not None:
+        chex.assert_shape(mask, (logits.shape[0],))
     losses = -jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32)), labels[:, None], -1)[:, 0]
     if mask is None:
         return jnp.mean(losses)
@@ -199,11 +221,13 @@ def byol_regression(p: jax.Array, z: jax.Array) -> jax.Array:
     `z` is the target projection and gets no gradient. Per example, so no axis_name: the loop's
     pmean over replicas gives the global mean.
     """
+    check_pair(p, z)
     return jnp.mean(2.0 - 2.0 * cosine_similarity(p, lax.stop_gradient(z)))
 
 
 def simsiam_negative_cosine(p: jax.Array, z: jax.Array) -> jax.Array:
     """SimSiam (Chen & He 2021, eq. 1): D(p, z) = -cos(p, stopgrad(z)), mean over examples."""
+    check_pair(p, z)
     return -jnp.mean(cosine_similarity(p, lax.stop_gradient(z)))
 
 
@@ -223,6 +247,9 @@ def info_nce_queue(q: jax.Array, k: jax.Array, queue: jax.Array, *, temperature:
     q, k+ are l2-normalised here; the queue rows are taken as given (MoCo stores normalised keys).
     Keys and queue get no gradient. Per query, so no axis_name: the queue is the same on every replica.
     """
+    check_pair(q, k)
+    chex.assert_rank(queue, 2)
+    chex.assert_axis_dimension(queue, 1, q.shape[1])
     q = l2_normalize(q.astype(jnp.float32))
     k = lax.stop_gradient(l2_normalize(k.astype(jnp.float32)))
     positive = jnp.sum(q * k, axis=-1, keepdims=True)                    # [n, 1]
@@ -240,6 +267,7 @@ def moco_v3_contrastive(q: jax.Array, k: jax.Array, *, temperature: float,
     q, k l2-normalised; keys come from the momentum encoder and get no gradient, so the gather
     carries none. Mean over this replica's queries.
     """
+    check_pair(q, k)
     q = l2_normalize(q.astype(jnp.float32))
     k = lax.stop_gradient(l2_normalize(k.astype(jnp.float32)))
     keys, offset = _gather_replicas(k, axis_name)
@@ -257,6 +285,8 @@ def barlow_twins(z1: jax.Array, z2: jax.Array, *, lambda_offdiag: float = 5e-3, 
     Means, (biased) variances and C are all-reduced over `axis_name`, so every replica returns the
     loss of the global batch.
     """
+    check_pair(z1, z2)
+
     def standardise(z):
         z = z.astype(jnp.float32)
         centred = z - _global_mean(z, axis_name)
@@ -289,6 +319,7 @@ def vicreg(z1: jax.Array, z2: jax.Array, *, sim_coeff: float = 25.0, std_coeff: 
     with lambda, mu, nu = sim_coeff, std_coeff, cov_coeff (the paper's reference code halves the
     variance sum, as here). All statistics are all-reduced over `axis_name`.
     """
+    check_pair(z1, z2)
     z1, z2 = z1.astype(jnp.float32), z2.astype(jnp.float32)
     n, d = z1.shape
     big_n = n if axis_name is None else n * lax.axis_size(axis_name)
@@ -318,6 +349,8 @@ def supcon(z1: jax.Array, z2: jax.Array, labels: jax.Array, *, temperature: floa
     embeddings are gathered over `axis_name`; gradients flow through the gather as in nt_xent.
     With all labels distinct this is NT-Xent. `accuracy`: the top logit is a positive.
     """
+    check_pair(z1, z2)
+    check_labels(labels, z1.shape[0])
     n = z1.shape[0]
     z1 = l2_normalize(z1.astype(jnp.float32))
     z2 = l2_normalize(z2.astype(jnp.float32))
@@ -352,6 +385,7 @@ def distillation(student_logits: jax.Array, teacher_logits: jax.Array, *, temper
     The teacher side is a fixed target (stop_gradient). The tau^2 keeps the gradient's size independent of tau
     (Hinton et al. 2015): dL/ds_i = tau x (softmax(s_i / tau) - softmax(t_i / tau)) / batch.
     """
+    check_pair(student_logits, teacher_logits)
     targets = jax.nn.softmax(lax.stop_gradient(teacher_logits).astype(jnp.float32) / temperature, axis=-1)
     log_probs = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
     return temperature ** 2 * jnp.mean(-jnp.sum(targets * log_probs, axis=-1))

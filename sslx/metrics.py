@@ -53,6 +53,14 @@ class MetricWriter:
         self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
         self._jsonl.flush()
 
+    def image(self, step: int, name: str, image: np.ndarray) -> None:
+        """A uint8 [H, W, 3] picture as a TensorBoard image (sslx.plots draws them)."""
+        if not self._enabled:
+            return
+        import tensorflow as tf
+        with self._tb.as_default(step=step):
+            tf.summary.image(name, image[None])
+
     def close(self) -> None:
         if self._enabled:
             self._tb.flush()
@@ -65,6 +73,14 @@ def _row_step(line: str) -> float:
         return json.loads(line)["step"]
     except (ValueError, KeyError, TypeError):
         return math.inf
+
+
+def write_once(workdir: str | pathlib.Path, step: int, scalars: Mapping[str, float]) -> None:
+    """Appends one record to the workdir's metrics.jsonl and TensorBoard events (end-of-run evaluations)."""
+    if scalars:
+        writer = MetricWriter(workdir)
+        writer.write(step, scalars)
+        writer.close()
 
 
 class Progress:

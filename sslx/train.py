@@ -11,7 +11,7 @@ from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
 from sslx import parallel
-from sslx.methods.base import Method
+from sslx.methods.base import Method, check_batch
 from sslx.parallel import BATCH_AXIS
 
 
@@ -42,6 +42,7 @@ def make_train_step(method: Method, optimizer: optax.GradientTransformation, sch
     micro_batch_size = method.config.micro_batch_size
 
     def per_replica(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainState, dict]:
+        check_batch(batch)
         rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), lax.axis_index(BATCH_AXIS))
 
         def global_loss(params):

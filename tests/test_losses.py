@@ -83,3 +83,18 @@ def test_softmax_cross_entropy_mask():
     masked = losses.softmax_cross_entropy(logits, labels, jnp.array([1.0, 1.0, 0.0]))
     np.testing.assert_allclose(masked, -np.log(np.exp(2) / (np.exp(2) + 1)), rtol=1e-6)
     assert float(full) > float(masked)
+
+
+@pytest.mark.parametrize("call", [
+    lambda z: losses.nt_xent(z[:4], z[:5], temperature=0.5),                      # views of different batches
+    lambda z: losses.byol_regression(z[:4], z[:4, :3]),                             # prediction vs target width
+    lambda z: losses.barlow_twins(z[:4, None], z[:4, None]),                        # not [n, d]
+    lambda z: losses.supcon(z[:4], z[:4], jnp.zeros(4), temperature=0.5),          # float labels
+    lambda z: losses.info_nce_queue(z[:4], z[:4], z[:, :3], temperature=0.2),      # queue of another width
+    lambda z: losses.softmax_cross_entropy(z[:4], jnp.zeros(5, jnp.int32)),         # one label too many
+    lambda z: losses.vicreg(z[:4].astype(jnp.int32), z[:4].astype(jnp.int32)),      # integer embeddings
+], ids=["nt_xent", "byol", "barlow_twins", "supcon", "moco_queue", "cross_entropy", "vicreg"])
+def test_losses_refuse_mismatched_inputs(call):
+    # Each of these would broadcast or cast silently into a wrong loss without the chex checks.
+    with pytest.raises(AssertionError, match="Chex"):
+        call(jnp.ones((8, 6)))

@@ -13,9 +13,11 @@ from typing import Any, Callable
 import numpy as np
 import tensorflow as tf
 
+from sslx.data import folder
+
 DIGITS_TRAIN_EXAMPLES = 1500  # sklearn's 1797 digits: the first 1500 train, the remaining 297 test
 _SHAPE_PROBE = 64
-NAMES = ("digits", "tfrecord", "<any TFDS name, e.g. cifar10, cifar100, stl10, imagenet2012>")
+NAMES = ("digits", "tfrecord", "folder", "<any TFDS name, e.g. cifar10, cifar100, stl10, imagenet2012>")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +59,9 @@ def describe(data_cfg, split: str, max_examples: int = -1) -> SplitInfo:
         info = SplitInfo(len(_digits(split)[1]), 10, (8, 8, 3))
     elif name == "tfrecord":
         info = _tfrecord_info(str(data_cfg.path), split, int(data_cfg.get("num_classes", -1)))
+    elif name == "folder":
+        files = folder.split_files(data_cfg, split)
+        info = SplitInfo(len(files.paths), len(files.class_names) or -1, folder.image_shape(files))
     else:
         info = _tfds_info(_tfds_builder(name, data_cfg.get("data_dir")), split)
     return _capped(info, max_examples)
@@ -83,6 +88,10 @@ def load_split(data_cfg, split: str, *, process_index: int = 0, process_count: i
         else:
             records = tf.data.TFRecordDataset(files[process_index::process_count])
         return Source(records, _decode_example, info)
+    if name == "folder":
+        files = folder.split_files(data_cfg, split)
+        records = tf.data.Dataset.from_tensor_slices({"path": list(files.paths), "label": files.labels})
+        return Source(_take(records, max_examples).shard(process_count, process_index), folder.decode_file, info)
     builder = _tfds_builder(name, data_cfg.get("data_dir"))
     return Source(_tfds_records(builder, split, process_index, process_count, max_examples),
                   _decode_tfds, info)
@@ -93,12 +102,16 @@ def labels_and_ids(data_cfg, split: str) -> tuple[np.ndarray, np.ndarray]:
     read without decoding a single image.
 
     Keys: a TFRecord's `id` bytes feature (`<split>/<position>` where records have none); the `tfds_id` TFDS
-    attaches to every example; `digits/<split>/<position>` for digits.
+    attaches to every example; `digits/<split>/<position>` for digits; a folder's image paths relative to
+    config.data.path.
     """
     name = data_cfg.name
     if name == "digits":
         labels = _digits(split)[1]
         return labels, np.array([f"digits/{split}/{i}" for i in range(len(labels))])
+    if name == "folder":
+        files = folder.split_files(data_cfg, split)
+        return files.labels.copy(), np.array(files.ids)
     if name == "tfrecord":
         parse = lambda r: tf.io.parse_single_example(r, _KEY_FEATURES)  # noqa: E731
         keys = tf.data.TFRecordDataset(_tfrecord_files(str(data_cfg.path), split)).map(parse)
@@ -167,7 +180,8 @@ def _tfrecord_files(path: str, split: str) -> list[str]:
     files = sorted(str(p) for p in pathlib.Path(path).glob(f"{split}-*.tfrecord"))
     if not files:
         raise FileNotFoundError(f"no {split}-*.tfrecord files in {path!r}: set config.data.path to a directory "
-                                f"holding them.")
+                                f"holding them (`sslx-make-tfrecords IMAGE_DIR OUT_DIR` converts a folder of "
+                                f"JPEG/PNG images; config.data.name='folder' reads such a folder directly).")
     return files
 
 
@@ -227,3 +241,18 @@ def _decode_tfds(record: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     image = tf.io.decode_image(record["image"], channels=3, expand_animations=False)
     label = record["label"] if "label" in record else tf.constant(-1, tf.int64)
     return {"image": image, "label": tf.cast(label, tf.int32)}
+
+
+def class_names(data_cfg, split: str) -> tuple[str, ...]:
+    """Names of the label ids of `split` (for pictures); () where the data set has none."""
+    name = data_cfg.name
+    if name == "digits":
+        return tuple(str(d) for d in range(10))
+    if name == "folder":
+        return folder.split_files(data_cfg, split).class_names
+    if name == "tfrecord":
+        labels_txt = pathlib.Path(str(data_cfg.path)) / "labels.txt"
+        return tuple(line.strip() for line in labels_txt.read_text().splitlines() if line.strip()) \
+            if labels_txt.exists() else ()
+    features = _tfds_builder(name, data_cfg.get("data_dir")).info.features
+    return tuple(features["label"].names) if "label" in features else ()

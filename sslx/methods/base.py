@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 from typing import Any
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -16,7 +17,7 @@ import ml_collections
 from jax import lax
 
 from sslx import models
-from sslx.losses import softmax_cross_entropy
+from sslx.losses import check_labels, softmax_cross_entropy
 from sslx.parallel import BATCH_AXIS
 
 Metrics = dict[str, jax.Array]
@@ -83,13 +84,27 @@ def build_predictor(config: ml_collections.ConfigDict, axis_name: str | None) ->
         bn_momentum=config.model.bn_momentum, dtype=compute_dtype(config.model))
 
 
+def check_batch(batch: dict[str, jax.Array]) -> None:
+    """The per-replica batch every method reads: two float views [n, H, W, 3] of one shape and, where the
+    online probe or SupCon needs them, int labels [n] (checked at trace time, so a pipeline or view-maker change
+    that breaks it fails before the first step)."""
+    views = [batch["view1"], batch["view2"]]
+    chex.assert_rank(views, 4)
+    chex.assert_equal_shape(views)
+    chex.assert_type(views, float)
+    chex.assert_axis_dimension(batch["view1"], 3, 3)
+    if "label" in batch:
+        check_labels(batch["label"], batch["view1"].shape[0])
+
+
 class Method(abc.ABC):
     """Base class; subclasses register themselves in sslx.methods.METHODS."""
     has_predictor = False   # whether config.predictor applies
 
     def __init__(self, config: ml_collections.ConfigDict, num_classes: int, total_steps: int):
         self.config = config
-        self.num_classes = num_classes if config.probe.online else 0
+        # -1: unlabelled data (a flat image folder, a tfrecord without labels.txt): nothing for a probe to learn.
+        self.num_classes = max(num_classes, 0) if config.probe.online else 0
         self.total_steps = total_steps   # for schedules inside the method (EMA momentum, ...)
         self.validate()
 

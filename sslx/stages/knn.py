@@ -7,7 +7,7 @@ from typing import Any
 
 import ml_collections
 
-from sslx import metrics, parallel
+from sslx import data, metrics, parallel, plots
 from sslx import workdir as workdir_lib
 from sslx.evaluators import common
 from sslx.evaluators.encoders import check_head_layer, embed, load_pretrained
@@ -40,6 +40,9 @@ def run_knn(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     test = common.split_features(fn, data_cfg, data_cfg.eval_split, mesh, config.eval_batch_size)
     scores = knn_classify(*train, *test, info.num_classes, mesh, ks=tuple(config.knn.ks),
                           temperature=config.knn.temperature, query_chunk=config.knn.query_chunk)
+    plots.write_embedding_map(workdir, *test, f"{pretrained.config.get('method', '')} step {pretrained.step}",
+                              step=pretrained.step, max_points=config.embedding_map_points,
+                              class_names=data.class_names(data_cfg, data_cfg.eval_split))
     first = config.knn.ks[0]
     results = common.base_results("knn", pretrained, data_cfg.eval_split, len(train[1]))
     results.update(scores, top1=scores[f"k{first}_top1"], top5=scores[f"k{first}_top5"], k=first,

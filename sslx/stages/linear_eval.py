@@ -21,7 +21,7 @@ import optax
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from sslx import data, metrics, parallel
+from sslx import data, metrics, parallel, plots
 from sslx import workdir as workdir_lib
 from sslx.evaluators import common, linear, subsets
 from sslx.evaluators.encoders import Pretrained, check_head_layer, embed, load_pretrained
@@ -175,6 +175,10 @@ def run_linear_eval(config: ml_collections.ConfigDict, workdir: str) -> dict[str
         classifier = run.train_protocol(None, run.info.num_examples, rate)
     test_features, test_labels = run.features(run.data.eval_split)
     test_features = np.asarray(run.standardize(test_features))
+    title = f"{run.pretrained.config.get('method', '')} step {run.pretrained.step}"
+    plots.write_embedding_map(workdir, test_features, test_labels, title, step=run.pretrained.step,
+                              max_points=config.embedding_map_points,
+                              class_names=data.class_names(run.data, run.data.eval_split))
     results = common.base_results("linear_eval", run.pretrained, run.data.eval_split, run.info.num_examples)
     results.update(linear.classifier_accuracy(classifier, test_features, test_labels), mode=cfg.mode,
                    learning_rate=float(rate), epochs=cfg.epochs, **sweep)

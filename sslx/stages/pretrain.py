@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from sslx import config as config_lib
-from sslx import data, metrics, optim, parallel, resume
+from sslx import data, metrics, optim, parallel, plots, resume
 from sslx import workdir as workdir_lib
 from sslx.checkpoint import Checkpointer
 from sslx.data import device_augment
@@ -172,6 +172,7 @@ def run_pretraining(config: ml_collections.ConfigDict, workdir: str) -> dict:
         checkpointer = Checkpointer(run.workdir, keep=config.keep_checkpoints,
                                     every_steps=config.checkpoint_every_steps)
         writer = metrics.MetricWriter(run.workdir)
+        plots.write_augmentation_preview(config, run.workdir, writer)
         start = time.perf_counter()
         try:
             state, last = train(run, checkpointer, writer)
@@ -182,7 +183,10 @@ def run_pretraining(config: ml_collections.ConfigDict, workdir: str) -> dict:
                    "dataset": config.data.name, "step": int(jax.device_get(state.step)),
                    "total_steps": run.total_steps, "batch_size": config.batch_size,
                    "train_seconds": round(time.perf_counter() - start, 1), **last}
-        results.update(evaluate(run, state))
+        evaluation = evaluate(run, state)
+        results.update(evaluation)
+        metrics.write_once(run.workdir, results["step"], evaluation)  # the probe beside the curves (jsonl and TB)
+        plots.write_curves(run.workdir)
         path = metrics.write_results(run.workdir, results)
     metrics.log(f"wrote {path}")
     return results

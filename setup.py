@@ -8,6 +8,7 @@ STAGES = {
     "sslx-finetune": "sslx.cli:finetune",
     "sslx-distill": "sslx.cli:distill",
     "sslx-benchmark": "sslx.cli:benchmark",
+    "sslx-embed": "sslx.cli:embed",
 }
 
 setup(

@@ -110,3 +110,17 @@ def finetune() -> None:
 def distill() -> None:
     from sslx.stages.distill import run_distill
     _run_stage("sslx-distill", run_distill)
+
+
+def _run_tool(program: str, main: Callable[[list[str]], None]) -> None:
+    """A tool with its own argparse flags (embed, export, import): its user errors become one line."""
+    logging.set_verbosity(logging.WARNING)
+    try:
+        main(sys.argv[1:])
+    except RUN_ERRORS as error:
+        _fail(program, error)
+
+
+def embed() -> None:
+    from sslx.encoder import main
+    _run_tool("sslx-embed", main)

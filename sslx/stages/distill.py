@@ -202,7 +202,7 @@ def make_distill_step(student, teacher, optimizer: optax.GradientTransformation,
 
 def centre_crop_fraction(info: data.SplitInfo) -> float:
     """The crop sslx.data.eval_iterator takes, so precomputed logits and the student's views match."""
-    return 1.0 if all(side is not None and side <= 64 for side in info.image_shape[:2]) else 0.875
+    return augment.eval_crop_fraction(info.image_shape)
 
 
 def indexed_batches(data_cfg, split: str, global_batch: int, seed: int) -> Iterator[dict]:

@@ -9,6 +9,7 @@ STAGES = {
     "sslx-distill": "sslx.cli:distill",
     "sslx-benchmark": "sslx.cli:benchmark",
     "sslx-embed": "sslx.cli:embed",
+    "sslx-export": "sslx.cli:export",
 }
 
 setup(

@@ -124,3 +124,8 @@ def _run_tool(program: str, main: Callable[[list[str]], None]) -> None:
 def embed() -> None:
     from sslx.encoder import main
     _run_tool("sslx-embed", main)
+
+
+def export() -> None:
+    from sslx.export import main
+    _run_tool("sslx-export", main)

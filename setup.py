@@ -10,6 +10,7 @@ STAGES = {
     "sslx-benchmark": "sslx.cli:benchmark",
     "sslx-embed": "sslx.cli:embed",
     "sslx-export": "sslx.cli:export",
+    "sslx-import-simclr": "sslx.cli:import_simclr",
 }
 
 setup(

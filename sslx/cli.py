@@ -129,3 +129,8 @@ def embed() -> None:
 def export() -> None:
     from sslx.export import main
     _run_tool("sslx-export", main)
+
+
+def import_simclr() -> None:
+    from sslx.import_simclr import main
+    _run_tool("sslx-import-simclr", main)

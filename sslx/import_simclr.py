@@ -19,7 +19,9 @@ head) is read off the variables' names and shapes. How SimCLR's ResNet maps onto
   * pooled differently: TF's SAME max-pool padding and, with SK, a 2x2/1 average pool on stage 1's projection
     shortcut; `config.model.tf_pooling=True` makes sslx pool the same way;
   * renamed: the supervised head (SimCLR's linear eval during pretraining, on the encoder output) becomes sslx's
-    online probe (`params['probe']`).
+    online probe (`params['probe']`); of a fine-tuned checkpoint (`--ft-proj-selector K`, the flag its fine-tuning
+    ran with, 1 for the released v2 fine-tuned models) it becomes the classifier of an sslx-finetune workdir
+    (`params['classifier']` on head layer K), which sslx-distill takes as teacher.
 SimCLR's SK on basic blocks (ResNet-18/34) also pools the residual branch's input in the TF1 code; those are not
 imported (every released checkpoint is a bottleneck ResNet).
 """
@@ -235,8 +237,9 @@ def _complete(source: Source, stage_sizes: tuple[int, ...], sk: bool, stem: str)
     return Architecture(stage_sizes, sk, stem, width, sk_ratio, tuple(head_dims), classes[-1] if classes else 0)
 
 
-def sslx_config(arch: Architecture, image_size: int) -> ml_collections.ConfigDict:
-    """A pretraining config that rebuilds the checkpoint's network in sslx (SimCLR's ImageNet setting)."""
+def sslx_config(arch: Architecture, image_size: int, ft_proj_selector: int = -1) -> ml_collections.ConfigDict:
+    """A pretraining config that rebuilds the checkpoint's network in sslx (SimCLR's ImageNet setting), plus
+    sslx-finetune's head_layers and num_classes for a fine-tuned checkpoint (ft_proj_selector >= 0)."""
     c = base_config()
     c.method = "simclr"
     c.data.name, c.data.image_size, c.data.eval_split = "imagenet2012", image_size, "validation"
@@ -250,7 +253,14 @@ def sslx_config(arch: Architecture, image_size: int) -> ml_collections.ConfigDic
     c.head.num_layers = len(dims)
     c.head.hidden_dim = -1 if dims[0] == feature_dim or len(dims) == 1 else dims[0]
     c.head.out_dim = dims[-1]
-    c.probe.online = arch.num_classes > 0
+    c.probe.online = arch.num_classes > 0 and ft_proj_selector < 0
+    if ft_proj_selector >= 0:
+        if not arch.num_classes:
+            raise ValueError("--ft-proj-selector is for fine-tuned checkpoints, and this one has no supervised head")
+        if not (ft_proj_selector == 0 or ft_proj_selector < len(arch.head_dims)):
+            raise ValueError(f"--ft-proj-selector={ft_proj_selector} must lie in [0, {max(len(arch.head_dims) - 1, 0)}] "
+                             f"(the projection-head layer the supervised head reads; 0: the encoder output)")
+        c.head_layers, c.num_classes = ft_proj_selector, arch.num_classes
     return c
 
 
@@ -295,7 +305,12 @@ def convert(source: Source, arch: Architecture, config: ml_collections.ConfigDic
         put_bn(f"_projection_head/linear_layers/{j}/bn_relu/bn", ("head", f"bn{j}"))
     if arch.num_classes:
         for leaf in ("kernel", "bias"):
-            put("params", ("probe", "Dense_0", leaf), source.get(f"supervised_head/linear_layer/dense/{leaf}"))
+            value = source.get(f"supervised_head/linear_layer/dense/{leaf}")
+            if "head_layers" in config:   # a fine-tuned classifier: no probe in the network to check against
+                flat[("params", "classifier", "Dense_0", leaf)] = jax.ShapeDtypeStruct(
+                    ((head_width(config, config.head_layers),) if leaf == "kernel" else ()) + (arch.num_classes,),
+                    np.float32)
+            put("params", ("probe" if "head_layers" not in config else "classifier", "Dense_0", leaf), value)
     left = source.unused()
     if left:
         raise ValueError(f"{source.prefix}: {len(left)} variables have no place in sslx's network, e.g. {left[0]}")
@@ -315,12 +330,19 @@ def fresh_head(config: ml_collections.ConfigDict) -> dict[tuple[str, ...], np.nd
             for k, v in traverse_util.flatten_dict(tree).items()}
 
 
-def import_checkpoint(checkpoint: str, out: str, image_size: int | None = None) -> dict[str, Any]:
+def head_width(config: ml_collections.ConfigDict, layer: int) -> int:
+    """Width of hiddens[layer]: the encoder's features (0) or a hidden projection-head layer."""
+    features = models.feature_dim(config.model.name, config.model.width)
+    return features if layer == 0 or config.head.hidden_dim <= 0 else config.head.hidden_dim
+
+
+def import_checkpoint(checkpoint: str, out: str, image_size: int | None = None,
+                      ft_proj_selector: int = -1) -> dict[str, Any]:
     """Writes `out`/config.json, an orbax checkpoint of {'params', 'batch_stats'} and import.json."""
     source = Source(checkpoint)
     arch = infer_architecture(source)
     size = image_size or (32 if arch.stem == "cifar" else 224)
-    config = sslx_config(arch, size)
+    config = sslx_config(arch, size, ft_proj_selector)
     variables = convert(source, arch, config)
     step = source.step()
     out_dir = epath.Path(out)
@@ -334,7 +356,8 @@ def import_checkpoint(checkpoint: str, out: str, image_size: int | None = None) 
     info = {"checkpoint": source.prefix, "format": source.format, "step": step, "depth": arch.depth,
             "width": arch.width, "sk_ratio": arch.sk_ratio, "stem": arch.stem,
             "projection_head": list(arch.head_dims) or "absent in the checkpoint: randomly initialised",
-            "supervised_head_classes": arch.num_classes}
+            "supervised_head_classes": arch.num_classes,
+            "supervised_head": "probe" if ft_proj_selector < 0 else f"classifier on head layer {ft_proj_selector}"}
     (out_dir / "import.json").write_text(json.dumps(info, indent=1) + "\n")
     return info
 
@@ -347,7 +370,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--out", required=True, help="the sslx workdir to write")
     parser.add_argument("--image-size", type=int, default=None,
                         help="config.data.image_size (default 224; 32 for a CIFAR stem)")
+    parser.add_argument("--ft-proj-selector", type=int, default=-1,
+                        help="a fine-tuned checkpoint: the head layer its supervised head reads (SimCLR's flag; "
+                             "1 for the released v2 fine-tuned models); writes an sslx-finetune workdir")
     args = parser.parse_args(argv)
-    info = import_checkpoint(args.checkpoint, args.out, args.image_size)
+    info = import_checkpoint(args.checkpoint, args.out, args.image_size, args.ft_proj_selector)
     print(f"sslx-import-simclr: ResNet-{info['depth']} {info['width']:g}x SK {info['sk_ratio']:g} ({info['format']}, "
           f"step {info['step']}) -> {args.out}")

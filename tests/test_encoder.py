@@ -1,11 +1,11 @@
 """sslx.load_encoder / sslx-embed: a workdir of every method family as an image encoder, with the run's eval
 preprocessing, on arrays (uint8 or float, any size) and on image files."""
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 import tensorflow as tf
 
@@ -15,7 +15,6 @@ from sslx import encoder as encoder_module
 from sslx.checkpoint import Checkpointer
 from sslx.data import augment
 from sslx.methods import build_method
-from sslx.train import create_train_state
 from test_methods import tiny_config
 
 SIZE = 8   # digits
@@ -27,27 +26,32 @@ def method_config(method, **overrides):
     return config
 
 
-def perturbed(tree, seed, positive=False):
-    """Random values in place of the init's (zero BN gammas, unit variances), so every weight matters."""
-    leaves, treedef = jax.tree.flatten(tree)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    noise = [jax.random.uniform(k, x.shape, minval=0.5, maxval=1.5) if positive else
-             x + 0.3 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)]
-    return jax.tree.unflatten(treedef, noise)
+def random_like(tree, seed):
+    """Random values of the shapes of `tree` (no init to compile): kernels scaled by fan-in, BN scales and variances
+    in [0.5, 1.5], so every weight and statistic matters."""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        name = jax.tree_util.keystr(path)
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):   # counters (MoCo's queue pointer)
+            return np.zeros(leaf.shape, leaf.dtype)
+        if name.endswith(("['var']", "['scale']")):
+            return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
+        scale = 1 / np.sqrt(np.prod(leaf.shape[:-1])) if name.endswith("['kernel']") else 0.2
+        return (scale * rng.normal(size=leaf.shape)).astype(np.float32)
+    return jax.tree_util.tree_map_with_path(draw, tree)
 
 
 def save_trained_looking(workdir, config, step=5):
-    """A workdir whose checkpoint has random weights and BN statistics, and (BYOL/MoCo) a different EMA target."""
+    """A workdir whose checkpoint has random weights and BN statistics, and (BYOL/MoCo) a different EMA target.
+
+    Only what evaluation reads is saved ({'params', 'batch_stats'}, and the target to tell it apart)."""
     method = build_method(config, 10, 10)
-    state = jax.jit(create_train_state, static_argnums=(0, 1))(
-        method, optax.sgd(0.1), jax.random.key(0), jnp.zeros((2, SIZE, SIZE, 3)))
-    stats = jax.tree_util.tree_map_with_path(
-        lambda path, x: perturbed(x, 2, positive=jax.tree_util.keystr(path).endswith("['var']")), state.batch_stats)
-    extra = jax.tree.map(lambda x: -x, state.extra) if state.extra else state.extra
-    state = state.replace(params=perturbed(state.params, 1), batch_stats=stats, extra=extra,
-                          step=jnp.asarray(step, jnp.int32))
+    shapes = jax.eval_shape(method.init, jax.random.key(0), jnp.zeros((2, SIZE, SIZE, 3)))
+    state = types.SimpleNamespace(**{name: random_like(tree, seed)
+                                     for seed, (name, tree) in enumerate(zip(("params", "batch_stats", "extra"), shapes))})
     checkpointer = Checkpointer(workdir, keep=1, every_steps=1)
-    checkpointer.save(step, state, force=True)
+    checkpointer.save(step, vars(state), force=True)
     checkpointer.close()
     (workdir / "config.json").write_text(config.to_json_best_effort())
     return method, state

@@ -62,7 +62,9 @@ def photos(n=5, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, 13, 11, 3), dtype=np.uint8)
 
 
-@pytest.mark.parametrize("method, head_layer", [("simclr", 0), ("byol", 0), ("mocov2", 0), ("simclr", 1)])
+@pytest.mark.parametrize("method, head_layer", [
+    ("simclr", 0), ("simclr", 1), ("byol", 0), ("mocov2", 0), ("mocov3", 1), ("simsiam", 0), ("barlow_twins", 0),
+    ("vicreg", 1), ("supcon", 0)])
 def test_embed_matches_the_online_network_on_eval_preprocessed_images(method, head_layer, tmp_path):
     config = method_config(method)
     method_obj, state = save_trained_looking(tmp_path, config)
@@ -70,17 +72,17 @@ def test_embed_matches_the_online_network_on_eval_preprocessed_images(method, he
     images = photos()
     # The reference: SimCLR keeps <= 64 px data whole, then the online network (not the EMA target) in eval mode.
     inputs = augment.eval_preprocess(images, SIZE, 1.0).numpy()
-    out = method_obj.network(None).apply({"params": state.params, "batch_stats": state.batch_stats}, inputs,
-                                         train=False)
-    expected = out["features"] if head_layer == 0 else out["hiddens"][head_layer]
+    network = method_obj.network(None)
+    pick = lambda out: out["features"] if head_layer == 0 else out["hiddens"][head_layer]  # noqa: E731
+    expected = pick(network.apply({"params": state.params, "batch_stats": state.batch_stats}, inputs, train=False))
     features = encoder.embed(images)   # 5 rows over 8 devices: padded, then cut
     assert encoder.crop_fraction == 1.0 and features.shape == (5, encoder.dim) == expected.shape
     np.testing.assert_allclose(features, expected, atol=1e-5, rtol=1e-5)
     assert np.abs(features - np.asarray(expected)).max() < 1e-4 * np.abs(expected).max()
-    if method != "simclr":
+    if "target_params" in state.extra:
         target = {"params": {**state.params, **state.extra["target_params"]},
                   "batch_stats": {**state.batch_stats, **state.extra["target_batch_stats"]}}
-        from_target = method_obj.network(None).apply(target, inputs, train=False)["features"]
+        from_target = pick(network.apply(target, inputs, train=False))
         assert not np.allclose(features, from_target, atol=1e-3)
 
 

@@ -186,7 +186,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--out", required=True, help="features file (.npy); the file list goes to the same name .txt")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     parser.add_argument("--head-layer", type=int, default=0, help="0: encoder output; i: projection-head layer i")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per device batch, all devices")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help="images per batch over all devices (rounded up to a multiple of the device count)")
     args = parser.parse_args(argv)
     features, paths = write_embeddings(args.workdir, args.images, args.out, step=args.step,
                                        head_layer=args.head_layer, batch_size=args.batch_size)

@@ -35,7 +35,8 @@ def exported_variables(encoder: Encoder, with_head: bool) -> dict[str, Any]:
     """Host copies of the variables the export needs: the encoder's, or {'encoder', 'head'} with the head."""
     variables = jax.device_get(encoder.pretrained.variables)
     if with_head:
-        return {collection: {part: tree[part] for part in ("encoder", "head")} for collection, tree in variables.items()}
+        return {collection: {part: tree[part] for part in ("encoder", "head")}
+                for collection, tree in variables.items()}
     return {collection: tree["encoder"] for collection, tree in variables.items()}
 
 

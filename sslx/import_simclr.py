@@ -88,7 +88,8 @@ def layout(arch: Architecture) -> list[tuple[str, str, tuple[str, ...]]]:
                 entries += [("conv", f"{tf_block}/projection_layers/{first}/conv2d", (block, "proj_conv")),
                             ("bn", f"{tf_block}/projection_layers/{first + 1}/bn", (block, "proj_bn"))]
             main = f"{tf_block}/conv_relu_dropblock_layers"   # DropBlock layers sit between, without variables
-            entries += [("conv", f"{main}/0/conv2d", (block, "block1_conv")), ("bn", f"{main}/1/bn", (block, "block1_bn"))]
+            entries += [("conv", f"{main}/0/conv2d", (block, "block1_conv")),
+                        ("bn", f"{main}/1/bn", (block, "block1_bn"))]
             if arch.sk:
                 entries += [("sk_conv", f"{main}/3/conv2d_fixed_padding/conv2d", (block, "block2_sk")),
                             ("sk_bn", f"{main}/3/batch_norm_relu/bn", (block, "block2_sk")),
@@ -98,8 +99,10 @@ def layout(arch: Architecture) -> list[tuple[str, str, tuple[str, ...]]]:
                             ("conv", f"{main}/5/conv2d", (block, "block3_conv")),
                             ("bn", f"{main}/6/bn", (block, "block3_bn"))]
             else:
-                entries += [("conv", f"{main}/3/conv2d", (block, "block2_conv")), ("bn", f"{main}/4/bn", (block, "block2_bn")),
-                            ("conv", f"{main}/6/conv2d", (block, "block3_conv")), ("bn", f"{main}/7/bn", (block, "block3_bn"))]
+                entries += [("conv", f"{main}/3/conv2d", (block, "block2_conv")),
+                            ("bn", f"{main}/4/bn", (block, "block2_bn")),
+                            ("conv", f"{main}/6/conv2d", (block, "block3_conv")),
+                            ("bn", f"{main}/7/bn", (block, "block3_bn"))]
     return entries
 
 
@@ -258,7 +261,8 @@ def sslx_config(arch: Architecture, image_size: int, ft_proj_selector: int = -1)
         if not arch.num_classes:
             raise ValueError("--ft-proj-selector is for fine-tuned checkpoints, and this one has no supervised head")
         if not (ft_proj_selector == 0 or ft_proj_selector < len(arch.head_dims)):
-            raise ValueError(f"--ft-proj-selector={ft_proj_selector} must lie in [0, {max(len(arch.head_dims) - 1, 0)}] "
+            top = max(len(arch.head_dims) - 1, 0)
+            raise ValueError(f"--ft-proj-selector={ft_proj_selector} must lie in [0, {top}] "
                              f"(the projection-head layer the supervised head reads; 0: the encoder output)")
         c.head_layers, c.num_classes = ft_proj_selector, arch.num_classes
     return c

@@ -76,4 +76,5 @@ def test_bad_platforms_are_a_one_line_error(tmp_path, monkeypatch, capsys):
     save_trained_looking(tmp_path / "run", method_config("simclr"))
     with pytest.raises(SystemExit):
         export(monkeypatch, "--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "x"), "--platforms", "gpu")
-    assert capsys.readouterr().err == "sslx-export: error: --platforms gpu: use a comma-separated subset of cpu,cuda,tpu\n"
+    assert capsys.readouterr().err == ("sslx-export: error: --platforms gpu: use a comma-separated subset of "
+                                       "cpu,cuda,tpu\n")

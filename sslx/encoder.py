@@ -66,7 +66,7 @@ class Encoder:
             for start in range(0, len(images), self.batch_size):
                 yield augment.eval_preprocess(images[start:start + self.batch_size], size, crop).numpy()
             return
-        images = list(images)
+        images = [images] if isinstance(images, (str, os.PathLike)) else list(images)
         if all(isinstance(image, (str, os.PathLike)) for image in images):
             yield from _file_batches([os.fspath(image) for image in images], size, crop, self.batch_size)
             return

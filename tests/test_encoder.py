@@ -100,6 +100,7 @@ def test_uint8_float_lists_and_files_give_the_same_features(tmp_path):
     np.testing.assert_allclose(encoder.embed(images.astype(np.float32) / 255.0), expected, atol=1e-5)
     np.testing.assert_allclose(encoder.embed(list(images)), expected, atol=1e-5)
     np.testing.assert_allclose(encoder.embed(paths), expected, atol=1e-5)
+    np.testing.assert_allclose(encoder.embed(paths[3]), expected[3:4], atol=1e-5)   # one path
     np.testing.assert_allclose(encoder.embed(jnp.asarray(images)), expected, atol=1e-5)
     # Any size: a differently sized image gets the same crop-and-resize as in a batch of its own size.
     wide = np.random.default_rng(1).integers(0, 256, (40, 64, 3), dtype=np.uint8)

@@ -11,6 +11,9 @@ STAGES = {
     "sslx-make-tfrecords": "sslx.cli:make_tfrecords",
     "sslx-preview": "sslx.cli:preview",
     "sslx-plot": "sslx.cli:plot",
+    "sslx-embed": "sslx.cli:embed",
+    "sslx-export": "sslx.cli:export",
+    "sslx-import-simclr": "sslx.cli:import_simclr",
 }
 
 setup(

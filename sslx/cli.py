@@ -163,3 +163,25 @@ def plot() -> None:
         plot_main(sys.argv[1:])
     except RUN_ERRORS as error:
         _fail("sslx-plot", error)
+def _run_tool(program: str, main: Callable[[list[str]], None]) -> None:
+    """A tool with its own argparse flags (embed, export, import): its user errors become one line."""
+    logging.set_verbosity(logging.WARNING)
+    try:
+        main(sys.argv[1:])
+    except RUN_ERRORS as error:
+        _fail(program, error)
+
+
+def embed() -> None:
+    from sslx.encoder import main
+    _run_tool("sslx-embed", main)
+
+
+def export() -> None:
+    from sslx.export import main
+    _run_tool("sslx-export", main)
+
+
+def import_simclr() -> None:
+    from sslx.import_simclr import main
+    _run_tool("sslx-import-simclr", main)

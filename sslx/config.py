@@ -59,6 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.bn_momentum = 0.9
     c.model.dtype = "float32"     # compute dtype; params and the loss stay float32
     c.model.remat = False         # recompute each ResNet block in the backward pass instead of storing it
+    c.model.tf_pooling = False    # pool as SimCLR's TF ResNet (set by sslx-import-simclr; see sslx/models/resnet.py)
 
     c.head = ml_collections.ConfigDict()
     c.head.version = "v1"

@@ -231,6 +231,12 @@ def without_crop(spec: AugmentSpec) -> AugmentSpec:
     return dataclasses.replace(spec, crop_area_min=1.0, crop_area_max=1.0, aspect_min=1.0, aspect_max=1.0)
 
 
+def eval_crop_fraction(image_shape) -> float:
+    """The centre crop of evaluation for data of `image_shape` (None where sizes vary): SimCLR keeps images of at
+    most 64 px whole (CIFAR) and takes 87.5% of the shorter side of larger ones (ImageNet's 224 of 256)."""
+    return 1.0 if all(side is not None and side <= 64 for side in image_shape[:2]) else 0.875
+
+
 def eval_preprocess(images: tf.Tensor, out_size: int, crop_fraction: float = 0.875) -> tf.Tensor:
     """Centre square crop of `crop_fraction` of the shorter side, resized; [H,W,3] or [B,H,W,3] -> float [0, 1]."""
     images = tf.image.convert_image_dtype(images, tf.float32)

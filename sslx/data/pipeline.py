@@ -88,7 +88,6 @@ def eval_iterator(data_cfg, split: str, *, local_batch: int, image_size: int, ma
     """
     source = sources.load_split(data_cfg, split, process_index=process_index, process_count=process_count,
                                 max_examples=max_examples, even_shards=True)
-    crop_fraction = centre_crop_fraction(source.info) if crop_fraction is None else crop_fraction
     steps = math.ceil(math.ceil(source.num_examples / process_count) / local_batch)
 
     def preprocess(example):
@@ -101,18 +100,13 @@ def eval_iterator(data_cfg, split: str, *, local_batch: int, image_size: int, ma
     return _to_numpy(padded.batch(local_batch).take(steps))
 
 
-def centre_crop_fraction(info: sources.SplitInfo) -> float:
-    """The evaluation crop: SimCLR keeps images of at most 64 px whole and centre-crops 87.5% of larger ones."""
-    return 1.0 if all(side is not None and side <= 64 for side in info.image_shape[:2]) else 0.875
-
-
 def indexed_iterator(data_cfg, split: str, *, local_batch: int, image_size: int, seed: int,
                      process_index: int = 0, process_count: int = 1, start: Position = START) -> "InputStream":
     """Endless shuffled {'image', 'index'} batches: the evaluation's centre crops with random flips, and each
     example's position in the split's read order (the row of a precomputed per-example array, e.g. teacher
     logits); a pure function of (seed, start) as in `pretrain_iterator`."""
     source = sources.load_split(data_cfg, split)
-    crop = centre_crop_fraction(source.info)
+    crop = augment.eval_crop_fraction(source.image_shape)
     seed = _process_seed(seed, process_index)
     records = source.records.enumerate().shard(process_count, process_index)
 

@@ -13,6 +13,11 @@ Architecture (NHWC):
     pooling followed by a 1x1/1 conv (ResNet-D), so it sees every pixel instead of one in four.
   * head: global average pool to [batch, 512 * width] (basic blocks) or [batch, 2048 * width] (bottlenecks), float32.
 
+`tf_pooling` reproduces the two places where SimCLR's TensorFlow ResNet (google-research/simclr) pools differently,
+so its checkpoints (sslx-import-simclr) compute the same function: the stem's 3x3/2 max-pool pads like TF's SAME
+(the missing row and column after the input, not one before and one after), and with SK the stride-1 projection
+shortcut (first block of stage 1) is also 2x2 average pooled, at stride 1 with SAME padding that the mean excludes.
+
 Computation runs in `dtype`; parameters and BatchNorm statistics are always float32. Convolutions pad symmetrically,
 as torchvision and SimCLRv2 do, rather than with XLA's lopsided SAME padding for strided convolutions.
 """
@@ -68,13 +73,15 @@ def conv3x3_bn_relu(x, filters: int, strides: int, sk_ratio: float, norm, dtype,
     return nn.relu(norm(name=f"{name}_bn")(conv(filters, 3, strides, dtype=dtype, name=f"{name}_conv")(x)))
 
 
-def shortcut(x, features: int, strides: int, avg_down: bool, norm, dtype):
+def shortcut(x, features: int, strides: int, avg_down: bool, norm, dtype, tf_pooling: bool = False):
     """Identity where shapes match, else a 1x1 conv+BN projection (after 2x2 average pooling when avg_down)."""
     if x.shape[-1] == features and strides == 1:
         return x
     if avg_down and strides > 1:
         x = nn.avg_pool(x, (strides, strides), (strides, strides), padding="SAME")
         strides = 1
+    elif avg_down and tf_pooling:
+        x = nn.avg_pool(x, (2, 2), (1, 1), padding=((0, 1), (0, 1)), count_include_pad=False)
     return norm(name="proj_bn")(conv(features, 1, strides, dtype=dtype, name="proj_conv")(x))
 
 
@@ -85,6 +92,7 @@ class BasicBlock(nn.Module):
     norm: Callable[..., nn.Module]
     sk_ratio: float = 0.0
     dtype: Any = jnp.float32
+    tf_pooling: bool = False
     expansion: ClassVar[int] = 1
 
     @nn.compact
@@ -92,7 +100,8 @@ class BasicBlock(nn.Module):
         y = conv3x3_bn_relu(x, self.filters, self.strides, self.sk_ratio, self.norm, self.dtype, name="block1")
         y = conv(self.filters, 3, dtype=self.dtype, name="block2_conv")(y)
         y = self.norm(scale_init=nn.initializers.zeros, name="block2_bn")(y)
-        return nn.relu(y + shortcut(x, self.filters, self.strides, self.sk_ratio > 0, self.norm, self.dtype))
+        return nn.relu(y + shortcut(x, self.filters, self.strides, self.sk_ratio > 0, self.norm, self.dtype,
+                                    self.tf_pooling))
 
 
 class BottleneckBlock(nn.Module):
@@ -102,6 +111,7 @@ class BottleneckBlock(nn.Module):
     norm: Callable[..., nn.Module]
     sk_ratio: float = 0.0
     dtype: Any = jnp.float32
+    tf_pooling: bool = False
     expansion: ClassVar[int] = 4
 
     @nn.compact
@@ -111,10 +121,11 @@ class BottleneckBlock(nn.Module):
         y = conv3x3_bn_relu(y, self.filters, self.strides, self.sk_ratio, self.norm, self.dtype, name="block2")
         y = conv(features, 1, dtype=self.dtype, name="block3_conv")(y)
         y = self.norm(scale_init=nn.initializers.zeros, name="block3_bn")(y)
-        return nn.relu(y + shortcut(x, features, self.strides, self.sk_ratio > 0, self.norm, self.dtype))
+        return nn.relu(y + shortcut(x, features, self.strides, self.sk_ratio > 0, self.norm, self.dtype,
+                                    self.tf_pooling))
 
 
-def stem(x, width: float, cifar: bool, deep: bool, norm, dtype):
+def stem(x, width: float, cifar: bool, deep: bool, norm, dtype, tf_pooling: bool = False):
     """Input convs: 3x3/1 for CIFAR; else 7x7/2 (or the ResNet-D 3x3 stack) then a 3x3/2 max-pool."""
     channels = stage_filters(width, 0)
     if cifar:
@@ -126,7 +137,9 @@ def stem(x, width: float, cifar: bool, deep: bool, norm, dtype):
     else:
         x = conv(channels, 7, 2, dtype=dtype, name="stem_conv")(x)
     x = nn.relu(norm(name="stem_bn")(x))
-    return nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    # TF's SAME pads an even side by one row after it only, an odd side by one on each side (as sslx does).
+    pads = [(0, 1) if n % 2 == 0 else (1, 1) for n in x.shape[1:3]]
+    return nn.max_pool(x, (3, 3), (2, 2), padding=pads if tf_pooling else ((1, 1), (1, 1)))
 
 
 class ResNet(nn.Module):
@@ -140,6 +153,7 @@ class ResNet(nn.Module):
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     dtype: Any = jnp.float32
+    tf_pooling: bool = False   # pool as SimCLR's TF ResNet (see the module docstring)
 
     @property
     def feature_dim(self) -> int:
@@ -152,10 +166,11 @@ class ResNet(nn.Module):
         norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                                  epsilon=self.bn_epsilon, axis_name=self.bn_axis_name, dtype=self.dtype,
                                  param_dtype=jnp.float32)
-        x = stem(x.astype(self.dtype), self.width, self.cifar_stem, self.sk_ratio > 0, norm, self.dtype)
+        x = stem(x.astype(self.dtype), self.width, self.cifar_stem, self.sk_ratio > 0, norm, self.dtype,
+                 self.tf_pooling)
         for stage, num_blocks in enumerate(self.stage_sizes):
             for index in range(num_blocks):
                 strides = 2 if stage > 0 and index == 0 else 1
                 x = self.block(stage_filters(self.width, stage), strides, norm, self.sk_ratio, self.dtype,
-                               name=f"stage{stage + 1}_block{index + 1}")(x)
+                               self.tf_pooling, name=f"stage{stage + 1}_block{index + 1}")(x)
         return jnp.mean(x.astype(jnp.float32), axis=(1, 2))

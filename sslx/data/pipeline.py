@@ -43,17 +43,17 @@ def pretrain_iterator(data_cfg, specs: tuple[augment.AugmentSpec, augment.Augmen
     source = sources.load_split(data_cfg, data_cfg.get("train_split", "train"),
                                 process_index=process_index, process_count=process_count)
     seed = _process_seed(seed, process_index)
-    stream = _epoch_stream(source.records, source.decode, data_cfg, seed, start)
+    examples = _examples(source.records, source.decode, data_cfg, seed, start)
     if on_device:
         host_size = host_size or default_host_size(image_size)
-        return InputStream(_device_inputs(stream, source, data_cfg, local_batch, seed, host_size), start, data_cfg)
+        return InputStream(_device_inputs(examples, source, local_batch, seed, host_size), start, data_cfg)
 
     def views(batch, batch_seed):
         view1, view2 = augment.two_views(batch["image"], specs, batch_seed, image_size)
         return {"view1": view1, "view2": view2, "label": batch["label"], **_positions(batch)}
 
     if _fixed_size(source):
-        batches = _decoded(stream, source, data_cfg).batch(local_batch, drop_remainder=True)
+        batches = examples.batch(local_batch, drop_remainder=True)
         return InputStream(_with_seeds(batches, seed, first_batch).map(views, num_parallel_calls=AUTOTUNE),
                            start, data_cfg)
     # Variable-size images: each view's crop happens per image, the rest of the augmentation per batch.
@@ -71,8 +71,7 @@ def pretrain_iterator(data_cfg, specs: tuple[augment.AugmentSpec, augment.Augmen
                 "view2": augment.augment_batch(batch["image"][:, 1], uncropped[1], seed2, image_size),
                 "label": batch["label"], **_positions(batch)}
 
-    examples = _decoded(stream, source, data_cfg).map(crops, num_parallel_calls=AUTOTUNE)
-    batches = examples.batch(local_batch, drop_remainder=True)
+    batches = examples.map(crops, num_parallel_calls=AUTOTUNE).batch(local_batch, drop_remainder=True)
     return InputStream(_with_seeds(batches, seed, first_batch).map(rest, num_parallel_calls=AUTOTUNE),
                        start, data_cfg)
 
@@ -119,8 +118,7 @@ def indexed_iterator(data_cfg, split: str, *, local_batch: int, image_size: int,
         flipped = tf.image.stateless_random_flip_left_right(image, _record_seed(seed, example))
         return {**example, "image": flipped}
 
-    indexed = dataclasses.replace(source, records=records, decode=decode)
-    examples = _decoded(_epoch_stream(records, decode, data_cfg, seed, start), indexed, data_cfg)
+    examples = _examples(records, decode, data_cfg, seed, start)
     batches = examples.map(view, num_parallel_calls=AUTOTUNE).batch(local_batch, drop_remainder=True)
     return InputStream(batches, start, data_cfg)
 
@@ -148,7 +146,7 @@ def supervised_iterator(data_cfg, split: str, *, local_batch: int, image_size: i
         source = sources.load_split(data_cfg, split, process_index=process_index, process_count=process_count)
     else:
         source = _subset(sources.load_split(data_cfg, split), indices, process_index, process_count)
-    examples = _decoded(_epoch_stream(source.records, source.decode, data_cfg, seed, start), source, data_cfg)
+    examples = _examples(source.records, source.decode, data_cfg, seed, start)
 
     def crop(batch, batch_seed):
         return {"image": augment.augment_batch(batch["image"], spec, batch_seed, image_size),
@@ -182,10 +180,9 @@ def default_host_size(image_size: int) -> int:
     return round(image_size * 8 / 7)
 
 
-def _device_inputs(stream: tf.data.Dataset, source: sources.Source, data_cfg, local_batch: int, seed: tf.Tensor,
+def _device_inputs(examples: tf.data.Dataset, source: sources.Source, local_batch: int, seed: tf.Tensor,
                    host_size: int) -> tf.data.Dataset:
     """Batches {'image': uint8 [B,S,S,3], 'label'} to augment on device: decoding is all the host does."""
-    examples = _decoded(stream, source, data_cfg)
     if _fixed_size(source):
         return examples.batch(local_batch, drop_remainder=True)
 
@@ -233,10 +230,12 @@ def _epoch_stream(records: tf.data.Dataset, decode_fn, data_cfg, seed: tf.Tensor
     return tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch)
 
 
-def _decoded(stream: tf.data.Dataset, source: sources.Source, data_cfg) -> tf.data.Dataset:
-    """Decoded examples {'image', 'label', '_epoch', '_index'}; with data.skip_corrupt (default) a record that does
-    not decode is dropped (InputStream counts it from the gap in the positions) instead of stopping the run."""
-    decode = (lambda record: record) if data_cfg.get("cache", False) else source.decode
+def _examples(records: tf.data.Dataset, decode_fn, data_cfg, seed: tf.Tensor, start: Position) -> tf.data.Dataset:
+    """Decoded examples {'image', 'label', '_epoch', '_index'} of the epoch stream from `start`; with
+    data.skip_corrupt (default) a record that does not decode is dropped (InputStream counts it from the gap in the
+    positions) instead of stopping the run."""
+    stream = _epoch_stream(records, decode_fn, data_cfg, seed, start)
+    decode = (lambda record: record) if data_cfg.get("cache", False) else decode_fn  # cached ones are decoded
     examples = stream.map(lambda position, record: {**decode(record), **position}, num_parallel_calls=AUTOTUNE)
     return examples.ignore_errors() if data_cfg.get("skip_corrupt", True) else examples
 

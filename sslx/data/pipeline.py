@@ -87,6 +87,8 @@ def eval_iterator(data_cfg, split: str, *, local_batch: int, image_size: int, ma
     """
     source = sources.load_split(data_cfg, split, process_index=process_index, process_count=process_count,
                                 max_examples=max_examples, even_shards=True)
+    if crop_fraction is None:
+        crop_fraction = augment.eval_crop_fraction(source.image_shape)
     steps = math.ceil(math.ceil(source.num_examples / process_count) / local_batch)
 
     def preprocess(example):

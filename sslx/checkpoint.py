@@ -47,10 +47,12 @@ def _words(x: jax.Array) -> jax.Array:
 
 @jax.jit
 def _fingerprint(tree: Any) -> tuple[jax.Array, list[jax.Array]]:
-    """(all floating arrays finite, per array [sum of words, position-weighted sum of words] mod 2^32)."""
+    """(floating arrays finite with a finite norm, per array [sum of words, position-weighted sum] mod 2^32)."""
     leaves = jax.tree.leaves(tree)
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves
-                                if jnp.issubdtype(x.dtype, jnp.floating)] or [jnp.bool_(True)]))
+    floats = [x for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)]
+    # Finite values whose squared norm overflows (|x| ~ 1e19 and up) come from a diverged step just the same.
+    squared_norm = sum((jnp.sum(jnp.square(x.astype(jnp.float32))) for x in floats), jnp.float32(0))
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in floats] + [jnp.isfinite(squared_norm)]))
     sums = []
     for x in leaves:
         words = _words(x)
@@ -92,7 +94,7 @@ class Checkpointer:
         finite, sums = fingerprint(state)
         if not finite:
             raise NonFiniteStateError(
-                f"the state after step {step} holds non-finite values (NaN/Inf parameters or statistics); it was "
+                f"the state after step {step} holds non-finite values (NaN/Inf, or a norm that overflows); it was "
                 f"not saved, {self.last_good()}. Lower config.optim.base_lr or use config.model.dtype='float32'.")
         meta = {"fingerprint": sums, "data": data or {}}
         return self._manager.save(step, args=ocp.args.Composite(

@@ -16,7 +16,7 @@ import ml_collections
 from jax import lax
 
 from sslx import models
-from sslx.losses import softmax_cross_entropy
+from sslx.losses import masked_mean, softmax_cross_entropy
 from sslx.parallel import BATCH_AXIS
 
 Metrics = dict[str, jax.Array]
@@ -164,11 +164,12 @@ class Method(abc.ABC):
             return jnp.zeros((), jnp.float32), {}
         logits = out["probe_logits"]
         labels = batch["label"]
-        # Unlabelled examples (label -1, e.g. STL-10's unlabelled split) do not train the probe.
+        # Unlabelled examples (label -1, e.g. STL-10's unlabelled split) do not train the probe; the
+        # mean is over the labelled rows of the global batch, however unevenly replicas hold them.
         mask = (labels >= 0).astype(jnp.float32)
         safe = jnp.maximum(labels, 0)
-        loss = softmax_cross_entropy(logits, safe, mask)
-        acc = jnp.sum((jnp.argmax(logits, -1) == safe) * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+        loss = softmax_cross_entropy(logits, safe, mask, axis_name=BATCH_AXIS)
+        acc = masked_mean((jnp.argmax(logits, -1) == safe).astype(jnp.float32), mask, BATCH_AXIS)
         return loss, {"probe_loss": loss, "probe_top1": acc}
 
     def encode(self, params: Any, batch_stats: Any, images: jax.Array) -> jax.Array:

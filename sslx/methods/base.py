@@ -56,9 +56,9 @@ def build_encoder(model_cfg: ml_collections.ConfigDict, axis_name: str | None) -
     encoder = models.build_encoder(
         model_cfg.name, width=model_cfg.width, cifar_stem=model_cfg.cifar_stem, sk_ratio=model_cfg.sk_ratio,
         bn_axis_name=bn_axis(model_cfg, axis_name), bn_momentum=model_cfg.bn_momentum,
-        dtype=compute_dtype(model_cfg))
+        dtype=compute_dtype(model_cfg), zero_init_residual=model_cfg.get("zero_init_residual", True))
     # Only each block's input is kept for the backward pass, which recomputes the block's insides: for
-    # about one more forward pass. Configs saved before config.model.remat existed lack the key.
+    # about one more forward pass. Configs saved before config.model.remat (or zero_init_residual) lack the key.
     return encoder.clone(block=nn.remat(encoder.block)) if model_cfg.get("remat", False) else encoder
 
 

@@ -7,8 +7,9 @@ Measured with sslx (the command above, one CPU device): linear probe top-1 (L-BF
 standardised features, 1,500 train / 297 test digits) 0.929 for the learned encoder, against 0.902 for the
 raw pixels and 0.862 for the encoder at a random initialisation, on the same split and probe (all three
 printed and written to results.json); --config.seed=1 gives 0.933. Cost: 3 min 36 s wall, 1 min 39 s of
-CPU, on a 2-core machine shared with other jobs (load average 8-9); the previous 150-step recipe took
-2 min 44 s back to back there (1.32x less) and about 1.5 minutes in CI, so about 2 minutes on 2 idle cores.
+CPU, on a 2-core machine shared with other jobs (load average 8-9; `time sslx-pretrain ...`); the previous
+150-step recipe took 2 min 44 s back to back there, so this one costs 1.32x its wall time (at that ratio, its
+~1.5 min CI run would take ~2 min).
 """
 from sslx.config import base_config
 

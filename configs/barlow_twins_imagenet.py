@@ -4,7 +4,8 @@
 
 Projector 3 layers 8192 (last without BN), lambda 5e-3, batch 2048, LARS 0.2 x B/256 for weights
 (the paper uses 0.0048 for biases and BN; here they share the rate, excluded from decay and LARS),
-weight decay 1.5e-6, 10 warm-up epochs, 1000 epochs, BYOL's views. Target: linear top-1 73.2%.
+weight decay 1.5e-6, 10 warm-up epochs, 1000 epochs, BYOL's views. Target (paper's number, not measured
+with sslx): linear top-1 73.2%.
 """
 
 from sslx.config import base_config, use_byol_views, use_imagenet_resnet50

@@ -8,7 +8,8 @@ self-distillation pass --config.student.model.name= --config.distill.temperature
 batch 4096, LARS 0.3 x B/256, weight decay 1e-4, 10 warm-up epochs, global BN, random crop + flip.
 Cost: ~30 h on a TPU v3-128 slice with an R152 3x+SK teacher run online (the teacher dominates; precompute its
 logits once with --config.distill.precompute=True to pay for it once, at the price of centre-crop targets).
-Expected (paper, table 3): R152 3x+SK distilled into R50 1x: 73.9 / 77.5 top-1 from 1% / 10% labels.
+Expected (paper's numbers, table 3; not measured with sslx): R152 3x+SK distilled into R50 1x: 73.9 / 77.5
+top-1 from 1% / 10% labels.
 """
 from sslx.stages.distill import distill_config
 

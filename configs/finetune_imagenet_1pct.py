@@ -7,8 +7,8 @@ Encoder + the first projection-head layer + a new linear classifier, all trained
 0.16, no weight decay, no warm-up, global BN, batch 1024, 60 epochs; top-1/top-5 on the validation split.
 Needs imagenet2012_subset prepared in config.data.data_dir (tfds build imagenet2012_subset/1pct).
 Cost: ~15 min on a TPU v3-32 for ResNet-50.
-Expected: top-1 ~48.3% for SimCLR v1 ResNet-50, 57.9% for SimCLRv2 ResNet-50 (1x, SK)
-(papers' table values, no distillation).
+Expected (papers' numbers, not measured with sslx): top-1 48.3% for SimCLR v1 ResNet-50 (SimCLR table 7),
+57.9% for SimCLRv2 ResNet-50 1x (SimCLRv2 table 1), no distillation.
 """
 from sslx.config import eval_config
 

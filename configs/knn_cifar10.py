@@ -5,7 +5,8 @@
 
 results.json: top1/top5 at k=20, plus k20_* and k200_*. The data section is the pretraining's unless set.
 Cost: ~20 s on one H100 for ResNet-18 (feature extraction dominates).
-Expected: ~89-91% top-1 at k=200 after configs/simclr_cifar10.py (1000 epochs); ~80% after 200 epochs.
+Expected (published, not measured with sslx): lightly's CIFAR-10 benchmark, ResNet-18, 200 epochs: kNN top-1
+84.8 for SimCLR, 86.8 for BYOL.
 """
 from sslx.config import eval_config
 

@@ -6,7 +6,8 @@
 Inception crop + flip at 224 px through the frozen encoder; reports top-1/top-5 on the validation split.
 Fast mode caches 1.28M x 2048 features (10 GB in float32) and is the quick check between runs.
 Cost: protocol ~1.5 h on a TPU v3-32 for ResNet-50; fast ~10 min.
-Expected: ResNet-50 (1x) SimCLR v1 at 1000 epochs: 69.3% top-1 (paper); v2 3-layer head: 71.7%.
+Expected (papers' numbers, not measured with sslx): ResNet-50 (1x) SimCLR v1 at 1000 epochs 69.3% top-1;
+SimCLRv2 (3-layer head) 71.7%.
 """
 from sslx.config import eval_config
 

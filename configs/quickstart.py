@@ -2,9 +2,14 @@
 
     sslx-pretrain --config configs/quickstart.py --workdir /tmp/sslx-quickstart
 
-A narrow ResNet-18 (CIFAR stem) on the 8 px digits, on whatever devices JAX sees.
-Cost: about 1.5 minutes on a 2-core CPU (~20 s of it compiling the step). Result: the linear probe of the
-learned encoder beats the same encoder at random initialisation (both printed and written to results.json).
+A narrow ResNet-18 (CIFAR stem) on the 8 px digits, 300 steps at batch 128, on whatever devices JAX sees.
+Measured with sslx (the command above, one CPU device): linear probe top-1 (L-BFGS logistic regression on
+standardised features, 1,500 train / 297 test digits) 0.929 for the learned encoder, against 0.902 for the
+raw pixels and 0.862 for the encoder at a random initialisation, on the same split and probe (all three
+printed and written to results.json); --config.seed=1 gives 0.933. Cost: 3 min 36 s wall, 1 min 39 s of
+CPU, on a 2-core machine shared with other jobs (load average 8-9; `time sslx-pretrain ...`); the previous
+150-step recipe took 2 min 44 s back to back there, so this one costs 1.32x its wall time (at that ratio, its
+~1.5 min CI run would take ~2 min).
 """
 from sslx.config import base_config
 
@@ -23,12 +28,12 @@ def get_config():
     c.head.hidden_dim = 128
     c.head.out_dim = 64
     c.batch_size = 128
-    c.total_steps = 150
+    c.total_steps = 300
     c.loss.temperature = 0.2
     c.optim.name = "lars"
-    c.optim.base_lr = 1.0
+    c.optim.base_lr = 2.0               # x 128/256: peak 1.0 (base 1.0 and 4.0 scored 0.916 and 0.919 at 300 steps)
     c.optim.warmup_steps = 15
     c.log_every_steps = 25
-    c.checkpoint_every_steps = 50
+    c.checkpoint_every_steps = 100
     c.eval.batch_size = 256
     return c

@@ -7,7 +7,8 @@
 Batch 4096, LARS 0.3 x B/256, weight decay 1e-4, temperature 0.1, 800 epochs, 3-layer head (BN on every
 layer), global BN. Fine-tuning later starts from the first head layer.
 Cost: R50 1x 800 epochs ~12 h on a TPU v3-128 slice.
-Expected linear eval top-1 (paper, table 1): R50 1x 71.7, R50 1x+SK 74.6, R152 3x+SK 79.8.
+Expected linear eval top-1 (paper's numbers, table 1; not measured with sslx): R50 1x 71.7, R50 1x+SK 74.6,
+R152 3x+SK 79.8.
 """
 from sslx.config import base_config, use_imagenet_resnet50
 

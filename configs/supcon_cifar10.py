@@ -7,7 +7,7 @@ code) with momentum 0.9, weight decay 1e-4, batch 1024, 1000 epochs. The authors
 code offers it): at T 0.1 the collapsed state's loss, log(2N-1) (4.84 at batch 64), is below that of spread-out
 embeddings early on (7.9 at step 10 with this head), and a head without BN falls into it within 10 steps of a
 short run (z_std 0.004); BN on the output rules that state out.
-Target: linear eval top-1 ~95% (Khosla et al. report 96.0 for ResNet-50).
+Target (paper's number, not measured with sslx): Khosla et al. report 96.0 top-1 for ResNet-50.
 """
 from sslx.config import base_config
 

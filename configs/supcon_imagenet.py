@@ -4,7 +4,8 @@
 
 Batch 6144, LARS 0.1 x B/256 (peak ~2.4), T 0.1, SimCLR's head 2048 -> 128 with BN (see
 configs/supcon_cifar10.py for why), weight decay 1e-6, 700 epochs, SimCLR's augmentations (the paper's best
-used AutoAugment, not here). Target: top-1 ~77-78.7%.
+used AutoAugment, not here). Target (paper's
+numbers, not measured with sslx): top-1 77-78.7%.
 """
 from sslx.config import base_config, use_imagenet_resnet50
 

@@ -60,6 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"     # compute dtype; params and the loss stay float32
     c.model.remat = False         # recompute each ResNet block in the backward pass instead of storing it
     c.model.tf_pooling = False    # pool as SimCLR's TF ResNet (set by sslx-import-simclr; see sslx/models/resnet.py)
+    c.model.zero_init_residual = True  # each residual branch's last BN scale starts at 0 (Goyal et al. 2017)
 
     c.head = ml_collections.ConfigDict()
     c.head.version = "v1"
@@ -109,11 +110,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.probe.online = True         # linear classifier on stop_gradient(features) during pretraining
 
     c.eval = ml_collections.ConfigDict()
-    c.eval.linear_probe = True    # at the end: fast linear probe vs the same encoder at random init
+    c.eval.linear_probe = True    # at the end: fast linear probe, with random-init and raw-pixel baselines
     c.eval.batch_size = 512
     c.eval.probe_steps = 300      # L-BFGS iterations of the logistic regression
     c.eval.probe_train_examples = -1   # cap on train-split examples the probe fits on (-1: all)
     c.eval.probe_l2 = 1e-4
+    c.eval.pixel_probe_size = 32  # raw-pixel baseline of the probe, images resized to at most this a side (0: off)
     c.eval.every_steps = 0        # > 0: run the periodic evaluators every N steps (logged like any metric)
     c.eval.periodic = ""          # comma-separated names from sslx.evaluators.periodic.EVALUATORS, e.g. "knn"
     c.eval.knn_ks = (20, 200)

@@ -188,8 +188,25 @@ def _chunked_contrastive(anchors, candidates, self_idx, pos_idx, temperature, ch
 _chunked_contrastive.defvjp(_chunked_forward, _chunked_backward)
 
 
-def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-    """Mean cross-entropy over the (masked) examples of this replica; labels are int class ids."""
+def masked_mean(x: jax.Array, mask: jax.Array, axis_name: str | None = None) -> jax.Array:
+    """Mean of x over the rows where mask is 1, over the global batch when `axis_name` is given (0 if none).
+
+    Sums and counts are all-reduced separately: replicas may hold different numbers of masked rows, so
+    the mean of per-replica means would weight a replica's rows by how few it has.
+    """
+    total, count = jnp.sum(x * mask), jnp.sum(mask)
+    if axis_name is not None:
+        total, count = lax.psum(total, axis_name), lax.psum(count, axis_name)
+    return total / jnp.maximum(count, 1.0)
+
+
+def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None,
+                          axis_name: str | None = None) -> jax.Array:
+    """Mean cross-entropy over the (masked) examples; labels are int class ids.
+
+    With `axis_name` and a mask, the mean is over the masked examples of the global batch (see
+    `masked_mean`); without either it is this replica's mean.
+    """
     chex.assert_rank(logits, 2)
     check_labels(labels, logits.shape[0])
     if mask is not None:
@@ -197,7 +214,7 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array 
     losses = -jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32)), labels[:, None], -1)[:, 0]
     if mask is None:
         return jnp.mean(losses)
-    return jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    return masked_mean(losses, mask, axis_name)
 
 
 def _global_mean(x: jax.Array, axis_name: str | None) -> jax.Array:

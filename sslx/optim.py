@@ -12,13 +12,31 @@ OPTIMIZERS = ("lars", "sgd", "adamw")
 LR_SCALINGS = ("linear", "sqrt", "none")
 
 
+# Top-level parameter groups that are supervised heads: the online probe of pretraining.
+SUPERVISED_HEADS = ("probe",)
+
+
 def decay_mask(params: Any) -> Any:
-    """True for the weights that get weight decay and LARS adaptation.
+    """True for the weights that get weight decay.
 
     SimCLR excludes BatchNorm parameters and biases: those are exactly the leaves of rank <= 1
     (BN scale/offset, Dense/Conv bias), while every kernel has rank >= 2.
     """
     return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def trust_ratio_mask(params: Any) -> Any:
+    """True for the weights that get LARS's layer-wise trust ratio: `decay_mask` less the supervised heads.
+
+    SimCLR's LARS skips decay and adaptation for 'head_supervised' and adds the decay of its kernel back
+    as an L2 loss (add_weight_decay), whose gradient wd * w is the decay LARS would add: so the probe
+    kernel is decayed but steps at the plain learning rate, which also lets a small-init probe move.
+    """
+    def adapted(path, p):
+        top = getattr(path[0], "key", None) if path else None
+        return p.ndim > 1 and top not in SUPERVISED_HEADS
+
+    return jax.tree_util.tree_map_with_path(adapted, params)
 
 
 def peak_learning_rate(base_lr: float, global_batch: int, scaling: str) -> float:
@@ -81,8 +99,8 @@ def _base_optimizer(optim_cfg: Any, schedule: optax.ScalarOrSchedule) -> optax.G
     name = optim_cfg.name
     if name == "lars":
         return optax.lars(schedule, weight_decay=optim_cfg.weight_decay, weight_decay_mask=decay_mask,
-                          trust_coefficient=optim_cfg.lars_eta, trust_ratio_mask=decay_mask,
-                          momentum=optim_cfg.momentum)
+                          trust_coefficient=optim_cfg.lars_eta, trust_ratio_mask=trust_ratio_mask,
+                          momentum=optim_cfg.momentum, nesterov=optim_cfg.nesterov)
     if name == "sgd":
         return optax.chain(optax.add_decayed_weights(optim_cfg.weight_decay, mask=decay_mask),
                            optax.sgd(schedule, momentum=optim_cfg.momentum, nesterov=optim_cfg.nesterov))

@@ -98,3 +98,43 @@ def test_losses_refuse_mismatched_inputs(call):
     # Each of these would broadcast or cast silently into a wrong loss without the chex checks.
     with pytest.raises(AssertionError, match="Chex"):
         call(jnp.ones((8, 6)))
+
+
+def probe_logits_and_labels():
+    """16 rows (2 per replica on 8 devices); unlabelled (-1): both rows of replica 0, one row of replicas 1 and 5."""
+    rng = np.random.default_rng(7)
+    logits = rng.normal(size=(16, 5)).astype(np.float32)
+    labels = rng.integers(0, 5, size=16).astype(np.int32)
+    labels[[0, 1, 2, 11]] = -1
+    return logits, labels
+
+
+def masked_cross_entropy(logits, labels, axis_name):
+    mask = (labels >= 0).astype(jnp.float32)
+    return losses.softmax_cross_entropy(logits, jnp.maximum(labels, 0), mask, axis_name=axis_name)
+
+
+def test_masked_cross_entropy_is_the_global_mean_over_labelled_rows():
+    logits, labels = probe_logits_and_labels()
+    labelled = np.flatnonzero(labels >= 0)
+    shifted = logits.astype(np.float64) - logits.max(-1, keepdims=True)
+    probs = np.exp(shifted) / np.exp(shifted).sum(-1, keepdims=True)
+    ref_loss = -np.mean(np.log(probs[labelled, labels[labelled]]))
+    ref_grad = np.zeros_like(probs)
+    ref_grad[labelled] = (probs[labelled] - np.eye(5)[labels[labelled]]) / len(labelled)
+
+    one_loss, one_grad = jax.value_and_grad(masked_cross_entropy)(logits, labels, None)
+
+    def per_replica(x, y):
+        # As the train step differentiates it: the pmean over replicas of each replica's loss.
+        return jax.value_and_grad(
+            lambda x: jax.lax.pmean(masked_cross_entropy(x, y, parallel.BATCH_AXIS), parallel.BATCH_AXIS))(x)
+
+    mesh = parallel.make_mesh()
+    sharding = NamedSharding(mesh, P("batch"))
+    eight_loss, eight_grad = jax.jit(jax.shard_map(per_replica, mesh=mesh, in_specs=(P("batch"), P("batch")),
+                                                   out_specs=(P(), P("batch"))))(
+        jax.device_put(logits, sharding), jax.device_put(labels, sharding))
+    for loss, grad in ((one_loss, one_grad), (eight_loss, eight_grad)):
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+        np.testing.assert_allclose(grad, ref_grad, rtol=1e-4, atol=1e-7)

@@ -1,5 +1,7 @@
-"""The losses of BYOL, SimSiam, MoCo v2/v3, Barlow Twins, VICReg and SupCon against direct references,
-and 1 device == 8 devices for every loss that reduces over the batch."""
+"""The losses of BYOL, SimSiam, MoCo v2/v3, Barlow Twins, VICReg and SupCon against direct references
+(NT-Xent's is in test_losses.py),
+1 device == 8 devices for each (as the train step takes the pmean of per-replica losses), and their
+8-device gradients against finite differences of the references."""
 import functools
 
 import jax
@@ -9,6 +11,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sslx import losses, parallel
+from test_losses import reference_nt_xent
 
 
 def unit(x):
@@ -43,16 +46,28 @@ def test_byol_and_simsiam_match_reference(n, d):
     assert float(jnp.abs(grad_z).max()) == 0.0   # stop-gradient on the target
 
 
+def reference_byol(p, z):
+    return np.mean([2 - 2 * unit(p[i]) @ unit(z[i]) for i in range(len(p))])
+
+
+def reference_simsiam(p, z):
+    return -np.mean([unit(p[i]) @ unit(z[i]) for i in range(len(p))])
+
+
+def reference_info_nce_queue(q, key, queue, t):
+    total = 0.0
+    for i in range(len(q)):
+        logits = np.array([unit(q[i]) @ unit(key[i])] + [unit(q[i]) @ queue[j] for j in range(len(queue))]) / t
+        total -= log_softmax_at(logits, 0)
+    return total / len(q)
+
+
 @pytest.mark.parametrize("n,d,k,t", [(4, 3, 8, 0.2), (8, 16, 32, 0.07), (2, 8, 4, 1.0)])
 def test_info_nce_queue_matches_reference(n, d, k, t):
     q, key = views(n, d, seed=k)
     queue = unit(np.random.default_rng(k).normal(size=(k, d))).astype(np.float32)
-    total = 0.0
-    for i in range(n):
-        logits = np.array([unit(q[i]) @ unit(key[i])] + [unit(q[i]) @ queue[j] for j in range(k)]) / t
-        total -= log_softmax_at(logits, 0)
     out = losses.info_nce_queue(q, key, queue, temperature=t)
-    np.testing.assert_allclose(out.loss, total / n, rtol=1e-5)
+    np.testing.assert_allclose(out.loss, reference_info_nce_queue(q, key, queue, t), rtol=1e-5)
 
 
 def reference_moco_v3(q, k, t):
@@ -140,8 +155,18 @@ def test_supcon_with_distinct_labels_is_nt_xent():
     np.testing.assert_allclose(out.loss, losses.nt_xent(z1, z2, temperature=0.5).loss, rtol=1e-6)
 
 
-# name -> f(z1, z2, labels, axis_name) -> scalar; each batch-coupled loss, wired for the 1-vs-8 check.
+def queue(d):
+    """MoCo v2's negatives, 12 unit keys of dimension d: the same on every replica (as after_update keeps it)."""
+    return unit(np.random.default_rng(5).normal(size=(12, d))).astype(np.float32)
+
+
+# name -> f(z1, z2, labels, axis_name) -> scalar; every loss, wired for the 1-vs-8 check. The per-example
+# ones (BYOL, SimSiam, MoCo v2's queue) take no axis: the step's pmean of equal shares is their global mean.
 BATCH_LOSSES = {
+    "byol": lambda a, b, y, axis: losses.byol_regression(a, b),
+    "simsiam": lambda a, b, y, axis: losses.simsiam_negative_cosine(a, b),
+    "mocov2_queue": lambda a, b, y, axis: losses.info_nce_queue(a, b, queue(a.shape[-1]), temperature=0.2).loss,
+    "nt_xent": lambda a, b, y, axis: losses.nt_xent(a, b, temperature=0.2, axis_name=axis).loss,
     "moco_v3": lambda a, b, y, axis: losses.moco_v3_contrastive(a, b, temperature=0.2, axis_name=axis).loss,
     "barlow_twins": lambda a, b, y, axis: losses.barlow_twins(a, b, lambda_offdiag=5e-3, axis_name=axis),
     "vicreg": lambda a, b, y, axis: losses.vicreg(a, b, axis_name=axis).loss,
@@ -182,3 +207,51 @@ def test_one_device_equals_eight(name, n_per_device, d):
     assert scale > 1e-4
     for one, eight in zip(one_grads, eight_grads):
         np.testing.assert_allclose(eight, one, rtol=1e-4, atol=1e-5 * scale)
+
+
+# name -> (reference(z1, z2, labels) in float64, whether z2 gets a gradient): z2 is a stop-gradient
+# target (BYOL, SimSiam) or momentum keys (MoCo) for the first four.
+REFERENCES = {
+    "byol": (lambda a, b, y: reference_byol(a, b), False),
+    "simsiam": (lambda a, b, y: reference_simsiam(a, b), False),
+    "mocov2_queue": (lambda a, b, y: reference_info_nce_queue(a, b, queue(a.shape[-1]), 0.2), False),
+    "moco_v3": (lambda a, b, y: reference_moco_v3(a, b, 0.2), False),
+    "nt_xent": (lambda a, b, y: reference_nt_xent(a, b, 0.2), True),
+    "barlow_twins": (lambda a, b, y: reference_barlow(a, b, 5e-3), True),
+    "vicreg": (lambda a, b, y: reference_vicreg(a, b), True),
+    "supcon": (lambda a, b, y: reference_supcon(a, b, y, 0.1), True),
+}
+
+
+def finite_difference_grad(f, x, eps=1e-6):
+    """Central differences of a float64 reference: the gradient the loss's autodiff must reproduce."""
+    x = np.asarray(x, np.float64)
+    grad = np.zeros_like(x)
+    for index in np.ndindex(x.shape):
+        step = np.zeros_like(x)
+        step[index] = eps
+        grad[index] = (f(x + step) - f(x - step)) / (2 * eps)
+    return grad
+
+
+def test_every_loss_has_a_reference():
+    assert set(REFERENCES) == set(BATCH_LOSSES)
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+def test_eight_device_gradients_match_reference(name):
+    # The (1, 4) shape of the 1-vs-8 test above: its compiled 8-device program is reused.
+    z1, z2 = views(8, 4, seed=4)
+    z1 *= 0.5
+    labels = np.random.default_rng(4).integers(0, 3, size=8).astype(np.int32)
+    reference, target_has_grad = REFERENCES[name]
+    sharding = NamedSharding(parallel.make_mesh(), P("batch"))
+    loss, (g1, g2) = sharded_value_and_grad(name)(*(jax.device_put(x, sharding) for x in (z1, z2, labels)))
+    np.testing.assert_allclose(loss, reference(z1, z2, labels), rtol=1e-5, atol=1e-6)
+    ref1 = finite_difference_grad(lambda a: reference(a, z2, labels), z1)
+    ref2 = (finite_difference_grad(lambda b: reference(z1, b, labels), z2) if target_has_grad
+            else np.zeros_like(z2))
+    scale = np.abs(ref1).max()
+    assert scale > 1e-3
+    np.testing.assert_allclose(g1, ref1, rtol=1e-3, atol=1e-4 * scale)
+    np.testing.assert_allclose(g2, ref2, rtol=1e-3, atol=1e-4 * scale)

@@ -90,6 +90,22 @@ def test_residual_branches_are_zero_at_init(block, last_bn):
         np.testing.assert_array_equal(output, 0.0)
 
 
+@pytest.mark.parametrize("zero_init_residual", [True, False])
+def test_random_init_features_see_the_whole_image_only_with_residual_branches_on(zero_init_residual):
+    """At zero-init the network is its shortcuts; at 8 px, ResNet-18's three 1x1 stride-2 projections read the stem
+    output at (0, 0) alone, which sees pixels [0:2, 0:2]. The pretraining's random-init baseline turns them on."""
+    model = build_encoder("resnet18", width=0.0625, cifar_stem=True, zero_init_residual=zero_init_residual)
+    images = normal(2, 8, 8, 3)
+    variables = jit(functools.partial(model.init, train=False))(jax.random.key(0), images)
+    scales = [v["block2_bn"]["scale"] for k, v in variables["params"].items() if k.startswith("stage")]
+    assert len(scales) == 8 and all(np.all(s == (0.0 if zero_init_residual else 1.0)) for s in scales)
+    away_from_the_corner = images.copy()
+    away_from_the_corner[:, 2:, 2:] += 1.0
+    encode = jit(functools.partial(model.apply, train=False))
+    moved = np.abs(encode(variables, away_from_the_corner) - encode(variables, images)).max()
+    assert (moved == 0.0) if zero_init_residual else (moved > 1e-3)
+
+
 def sharded_train_forward(model, variables, images, mesh):
     """Per-replica forward with train=True; each replica's updated batch_stats come back stacked on axis 0."""
     def forward(variables, images):

@@ -1,4 +1,6 @@
-"""LARS masks and learning-rate schedules."""
+"""LARS (masks, momentum, the probe's exclusion from adaptation) and learning-rate schedules."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,6 +47,77 @@ def test_lars_skips_decay_and_adaptation_for_bn_and_bias():
 
 def jax_tree_full_like(tree, value):
     return jax.tree.map(lambda x: jnp.full_like(x, value), tree)
+
+
+def reference_lars_step(w, g, v, *, lr, wd, eta, momentum, nesterov, decay, adapt):
+    """One step of SimCLR's LARS (lars_optimizer.py, classic momentum) for one variable -> (w, v)."""
+    if decay:
+        g = g + wd * w
+    trust = 1.0
+    if adapt:
+        w_norm, g_norm = np.linalg.norm(w), np.linalg.norm(g)
+        trust = eta * w_norm / g_norm if w_norm > 0 and g_norm > 0 else 1.0
+    v = momentum * v + lr * trust * g
+    update = momentum * v + lr * trust * g if nesterov else v
+    return w - update, v
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_lars_matches_reference_over_steps(nesterov):
+    lr, wd, eta, momentum, steps = 0.5, 0.1, 1e-3, 0.9, 4
+    c = lars_config(wd)
+    c.nesterov, c.lars_eta, c.momentum = nesterov, eta, momentum
+    opt = optim.make_optimizer(c, lambda _: lr)
+    rng = np.random.default_rng(0)
+    params = {"conv": {"kernel": rng.normal(size=(3, 3, 2, 4))}, "bn": {"scale": rng.normal(size=4)},
+              "probe": {"Dense_0": {"kernel": rng.normal(size=(4, 3)), "bias": rng.normal(size=3)}}}
+    params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
+    grads = [jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32), params) for _ in range(steps)]
+    state, current = opt.init(params), params
+    for g in grads:
+        updates, state = opt.update(g, state, current)
+        current = optax.apply_updates(current, updates)
+    for path, w in jax.tree_util.tree_leaves_with_path(params):
+        name = jax.tree_util.keystr(path)
+        ref, v = np.asarray(w, np.float64), 0.0
+        for g in grads:
+            grad = np.asarray(functools.reduce(lambda t, k: t[k.key], path, g), np.float64)
+            ref, v = reference_lars_step(ref, grad, v, lr=lr, wd=wd, eta=eta, momentum=momentum, nesterov=nesterov,
+                                         decay=w.ndim > 1, adapt=w.ndim > 1 and "probe" not in name)
+        got = functools.reduce(lambda t, k: t[k.key], path, current)
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_nesterov_changes_lars():
+    """The reference test above would catch a dropped flag only if the two rules differ this much."""
+    params = {"conv": {"kernel": jnp.full((3, 3, 2, 4), 2.0)}}
+    moved = {}
+    for nesterov in (False, True):
+        c = lars_config()
+        c.nesterov = nesterov
+        opt = optim.make_optimizer(c, lambda _: 0.5)
+        state, current = opt.init(params), params
+        for _ in range(4):
+            updates, state = opt.update(jax_tree_full_like(params, 0.01), state, current)
+            current = optax.apply_updates(current, updates)
+        moved[nesterov] = float(jnp.linalg.norm(current["conv"]["kernel"] - params["conv"]["kernel"]))
+    assert moved[True] > 1.2 * moved[False]
+
+
+def test_probe_is_decayed_but_not_adapted():
+    """SimCLR: 'head_supervised' is outside LARS's decay and trust ratio, its kernel decayed through an L2 loss."""
+    params = {"encoder": {"kernel": jnp.full((4, 3), 2.0)},
+              "probe": {"Dense_0": {"kernel": jnp.full((4, 3), 2.0), "bias": jnp.full((3,), 2.0)}}}
+    assert optim.trust_ratio_mask(params) == {"encoder": {"kernel": True},
+                                              "probe": {"Dense_0": {"kernel": False, "bias": False}}}
+    lr, wd = 0.1, 0.1
+    opt = optim.make_optimizer(lars_config(wd), lambda _: lr)
+    updates, _ = opt.update(jax_tree_full_like(params, 0.01), opt.init(params), params)
+    np.testing.assert_allclose(updates["probe"]["Dense_0"]["kernel"], -lr * (0.01 + wd * 2.0), rtol=1e-6)
+    np.testing.assert_allclose(updates["probe"]["Dense_0"]["bias"], -lr * 0.01, rtol=1e-6)
+    # The encoder's kernel with the same weights and gradients takes the trust-ratio-scaled step.
+    assert float(jnp.abs(updates["encoder"]["kernel"]).max()) < 1e-2 * float(
+        jnp.abs(updates["probe"]["Dense_0"]["kernel"]).max())
 
 
 def test_peak_learning_rate_scalings():

@@ -8,7 +8,9 @@ import sys
 import numpy as np
 import pytest
 
+from sslx import data
 from sslx.config import base_config
+from sslx.evaluators.linear import linear_probe
 from sslx.stages import pretrain
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -110,3 +112,21 @@ def test_cli_reports_one_line_errors(tmp_path):
         assert done.returncode == 2, done.stderr
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and expected in lines[0], done.stderr
+
+
+def test_probe_baselines_on_the_same_split_and_probe(tmp_path):
+    """The raw pixels and a random-init encoder are probed as the learned encoder is; random conv features with
+    residual branches on stay near the pixels (the zero-init network's, reading one corner pixel, scored 0.17)."""
+    config = digits_config()
+    config.eval.linear_probe, config.eval.probe_steps = True, 100
+    run = pretrain.Pretraining(config, str(tmp_path))
+    results = pretrain.evaluate(run, run.initial_state())
+    images = {split: next(data.eval_iterator(config.data, split, local_batch=2048, image_size=8))
+              for split in (config.data.train_split, config.data.eval_split)}
+    (train_x, train_y), (test_x, test_y) = ((b["image"][b["mask"] > 0].reshape(-1, 192), b["label"][b["mask"] > 0])
+                                            for b in images.values())
+    pixels = linear_probe(train_x, train_y, test_x, test_y, 10, l2=config.eval.probe_l2, steps=100)
+    assert results["pixels_linear_probe_top1"] == pytest.approx(pixels["top1"], abs=1e-6)
+    assert results["random_init_linear_probe_top1"] > pixels["top1"] - 0.1
+    assert {"linear_probe_top1", "linear_probe_top5", "pixels_linear_probe_top5",
+            "random_init_linear_probe_top5"} <= set(results)

@@ -17,7 +17,7 @@ import ml_collections
 from jax import lax
 
 from sslx import models
-from sslx.losses import check_labels, softmax_cross_entropy
+from sslx.losses import check_labels, masked_mean, softmax_cross_entropy
 from sslx.parallel import BATCH_AXIS
 
 Metrics = dict[str, jax.Array]
@@ -57,9 +57,10 @@ def build_encoder(model_cfg: ml_collections.ConfigDict, axis_name: str | None) -
     encoder = models.build_encoder(
         model_cfg.name, width=model_cfg.width, cifar_stem=model_cfg.cifar_stem, sk_ratio=model_cfg.sk_ratio,
         bn_axis_name=bn_axis(model_cfg, axis_name), bn_momentum=model_cfg.bn_momentum,
-        dtype=compute_dtype(model_cfg), tf_pooling=model_cfg.get("tf_pooling", False))
+        dtype=compute_dtype(model_cfg), tf_pooling=model_cfg.get("tf_pooling", False),
+        zero_init_residual=model_cfg.get("zero_init_residual", True))
     # Only each block's input is kept for the backward pass, which recomputes the block's insides: for
-    # about one more forward pass. Configs saved before config.model.remat existed lack the key.
+    # about one more forward pass. Configs saved before config.model.remat (or zero_init_residual) lack the key.
     return encoder.clone(block=nn.remat(encoder.block)) if model_cfg.get("remat", False) else encoder
 
 
@@ -179,11 +180,12 @@ class Method(abc.ABC):
             return jnp.zeros((), jnp.float32), {}
         logits = out["probe_logits"]
         labels = batch["label"]
-        # Unlabelled examples (label -1, e.g. STL-10's unlabelled split) do not train the probe.
+        # Unlabelled examples (label -1, e.g. STL-10's unlabelled split) do not train the probe; the
+        # mean is over the labelled rows of the global batch, however unevenly replicas hold them.
         mask = (labels >= 0).astype(jnp.float32)
         safe = jnp.maximum(labels, 0)
-        loss = softmax_cross_entropy(logits, safe, mask)
-        acc = jnp.sum((jnp.argmax(logits, -1) == safe) * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+        loss = softmax_cross_entropy(logits, safe, mask, axis_name=BATCH_AXIS)
+        acc = masked_mean((jnp.argmax(logits, -1) == safe).astype(jnp.float32), mask, BATCH_AXIS)
         return loss, {"probe_loss": loss, "probe_top1": acc}
 
     def encode(self, params: Any, batch_stats: Any, images: jax.Array) -> jax.Array:

@@ -4,7 +4,8 @@ Architecture (NHWC):
   * stem: `cifar_stem` is a 3x3/1 conv and no max-pool (for 32x32 inputs); otherwise a 7x7/2 conv and a 3x3/2
     max-pool, or, when `sk_ratio > 0`, SimCLRv2's ResNet-D deep stem (three 3x3 convs, the first strided) and max-pool.
   * blocks: ResNet v1.5, so a bottleneck strides on its 3x3 conv, not its first 1x1. The last BatchNorm of every
-    residual branch starts with gamma = 0, so every block is the identity at init (Goyal et al. 2017).
+    residual branch starts with gamma = 0, so every block is the identity at init (Goyal et al. 2017); with
+    `zero_init_residual=False` it starts at 1, for random features (the pretraining's random-init baseline).
   * selective kernels (`sk_ratio > 0`, SimCLRv2 after Li et al. 2019): the 3x3 conv+BN+ReLU of each block (the middle
     conv of a bottleneck, the first conv of a basic block) becomes two 3x3 conv branches (as SimCLRv2's released
     models do; SKNet's second branch is dilated), each with its own BN+ReLU. Their sum is global-average-pooled, squeezed by a
@@ -85,6 +86,10 @@ def shortcut(x, features: int, strides: int, avg_down: bool, norm, dtype, tf_poo
     return norm(name="proj_bn")(conv(features, 1, strides, dtype=dtype, name="proj_conv")(x))
 
 
+def residual_scale_init(zero: bool) -> Callable:
+    return nn.initializers.zeros if zero else nn.initializers.ones
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convs (ResNet-18/34); the first one strides."""
     filters: int
@@ -93,13 +98,14 @@ class BasicBlock(nn.Module):
     sk_ratio: float = 0.0
     dtype: Any = jnp.float32
     tf_pooling: bool = False
+    zero_init_residual: bool = True
     expansion: ClassVar[int] = 1
 
     @nn.compact
     def __call__(self, x):
         y = conv3x3_bn_relu(x, self.filters, self.strides, self.sk_ratio, self.norm, self.dtype, name="block1")
         y = conv(self.filters, 3, dtype=self.dtype, name="block2_conv")(y)
-        y = self.norm(scale_init=nn.initializers.zeros, name="block2_bn")(y)
+        y = self.norm(scale_init=residual_scale_init(self.zero_init_residual), name="block2_bn")(y)
         return nn.relu(y + shortcut(x, self.filters, self.strides, self.sk_ratio > 0, self.norm, self.dtype,
                                     self.tf_pooling))
 
@@ -112,6 +118,7 @@ class BottleneckBlock(nn.Module):
     sk_ratio: float = 0.0
     dtype: Any = jnp.float32
     tf_pooling: bool = False
+    zero_init_residual: bool = True
     expansion: ClassVar[int] = 4
 
     @nn.compact
@@ -120,7 +127,7 @@ class BottleneckBlock(nn.Module):
         y = nn.relu(self.norm(name="block1_bn")(conv(self.filters, 1, dtype=self.dtype, name="block1_conv")(x)))
         y = conv3x3_bn_relu(y, self.filters, self.strides, self.sk_ratio, self.norm, self.dtype, name="block2")
         y = conv(features, 1, dtype=self.dtype, name="block3_conv")(y)
-        y = self.norm(scale_init=nn.initializers.zeros, name="block3_bn")(y)
+        y = self.norm(scale_init=residual_scale_init(self.zero_init_residual), name="block3_bn")(y)
         return nn.relu(y + shortcut(x, features, self.strides, self.sk_ratio > 0, self.norm, self.dtype,
                                     self.tf_pooling))
 
@@ -154,6 +161,7 @@ class ResNet(nn.Module):
     bn_epsilon: float = 1e-5
     dtype: Any = jnp.float32
     tf_pooling: bool = False   # pool as SimCLR's TF ResNet (see the module docstring)
+    zero_init_residual: bool = True   # each residual branch's last BN scale starts at 0
 
     @property
     def feature_dim(self) -> int:
@@ -172,5 +180,6 @@ class ResNet(nn.Module):
             for index in range(num_blocks):
                 strides = 2 if stage > 0 and index == 0 else 1
                 x = self.block(stage_filters(self.width, stage), strides, norm, self.sk_ratio, self.dtype,
-                               self.tf_pooling, name=f"stage{stage + 1}_block{index + 1}")(x)
+                               self.tf_pooling, self.zero_init_residual,
+                               name=f"stage{stage + 1}_block{index + 1}")(x)
         return jnp.mean(x.astype(jnp.float32), axis=(1, 2))

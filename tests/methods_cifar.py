@@ -2,11 +2,13 @@
 
 Each method's own CIFAR-10 recipe (heads, loss, optimizer, augmentations, momentum schedules) is shrunk to a
 ResNet-18 at width 0.125 on 16 px images and batch 64 at the recipe's own step size; the run must not collapse
-and its end-of-run linear probe must beat the same encoder at its random initialisation by a point.
+and its end-of-run linear probe must beat the same encoder at a random initialisation by a point.
 
-Measured (probe top-1 vs 0.268 at random init; z_std, 0.177 when spread out): byol 0.281, mocov3 0.296,
-barlow_twins 0.295, vicreg 0.306, supcon 0.347 at 150 steps; mocov2 0.289 and simsiam 0.292 at 300. Training
-takes 85-185 s a method on 2 cores (two xdist workers), the probes and compiles about as much again.
+Slow (SSLX_SLOW=1), and failing: at this size no method beats a proper random-init encoder. Measured with the
+random-init baseline's residual branches on (0.298; raw pixels 0.325): byol 0.293, mocov3 0.288, barlow_twins
+0.304, vicreg 0.291, supcon 0.298 at 150 steps; mocov2 0.278, simsiam 0.271 at 300. These runs passed in CI
+only while the baseline was the zero-init network (0.268), which at 16 px reads a few stem positions. Showing
+learning on CIFAR-10 within CI needs longer or larger runs (issue 16's cifar10-cpu suite).
 """
 import math
 import pathlib

@@ -16,6 +16,9 @@ import sys
 from typing import Any, Callable
 
 import ml_collections
+from etils import epath
+
+from sslx import paths
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -46,7 +49,7 @@ def fraction_tag(fraction: float) -> str:
     return f"{fraction * 100:g}pct"
 
 
-def plan(config: ml_collections.ConfigDict, root: pathlib.Path) -> list[Stage]:
+def plan(config: ml_collections.ConfigDict, root: epath.Path) -> list[Stage]:
     """The stages in order, each config pointing at the workdir of the stage it builds on."""
     from sslx.stages.distill import run_distill
     from sslx.stages.finetune import run_finetune
@@ -73,7 +76,7 @@ def plan(config: ml_collections.ConfigDict, root: pathlib.Path) -> list[Stage]:
     return stages
 
 
-def run_stage(stage: Stage, root: pathlib.Path) -> dict[str, Any]:
+def run_stage(stage: Stage, root: epath.Path) -> dict[str, Any]:
     from sslx import metrics
     results_path = root / stage.name / "results.json"
     if results_path.is_file():
@@ -84,13 +87,13 @@ def run_stage(stage: Stage, root: pathlib.Path) -> dict[str, Any]:
     return json.loads(results_path.read_text(encoding="utf-8"))
 
 
-def model_name(workdir: pathlib.Path) -> str:
+def model_name(workdir: epath.Path) -> str:
     model = json.loads((workdir / "config.json").read_text(encoding="utf-8"))["model"]
     extra = "+SK" if model.get("sk_ratio", 0) > 0 else ""
     return f"{model['name']} {model['width']:g}x{extra}"
 
 
-def summary_rows(stages: list[Stage], results: dict[str, dict], root: pathlib.Path) -> list[dict[str, Any]]:
+def summary_rows(stages: list[Stage], results: dict[str, dict], root: epath.Path) -> list[dict[str, Any]]:
     """One row per trained model; pretraining is scored by its linear evaluation."""
     by_name = {stage.name: stage for stage in stages}
     rows = []
@@ -111,8 +114,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def run_recipe(config: ml_collections.ConfigDict, root: str) -> list[dict[str, Any]]:
-    """Runs (or resumes) every stage under `root`; returns the summary rows and writes summary.json/.md."""
-    root = pathlib.Path(root).absolute()
+    """Runs (or resumes) every stage under `root` (local or gs://); returns the summary rows and writes summary.json/.md."""
+    root = paths.absolute(root)   # a local folder or gs://BUCKET/DIR
     resolve_data_path(config)
     stages = plan(config, root)
     results = {stage.name: run_stage(stage, root) for stage in stages}

@@ -1,7 +1,7 @@
 """Cloud TPU VM slices (v4, v5e, v5p, v6e): create, install, run on every worker, stream logs, delete.
 
     python launch/tpu_pod.py create  --name simclr --zone us-central2-b --accelerator-type v4-32
-    python launch/tpu_pod.py install --name simclr --zone us-central2-b --accelerator-type v4-32
+    python launch/tpu_pod.py install --name simclr --zone us-central2-b --accelerator-type v4-32   # Python 3.12 + sslx
     python launch/tpu_pod.py run     --name simclr --zone us-central2-b --accelerator-type v4-32 \
         --config configs/simclr_imagenet.py --workdir /mnt/shared/simclr_r50 -- --config.epochs=100
     python launch/tpu_pod.py logs    --name simclr --zone us-central2-b --accelerator-type v4-32
@@ -31,6 +31,9 @@ SINGLE_HOST_MAX_CHIPS = {"v5litepod": 8, "v6e": 8}   # v5e/v6e single-host VMs h
 REMOTE_DIR = "~/sslx"
 ARCHIVE = "sslx.tar.gz"
 LOG = "~/sslx-run.log"
+PYTHON_VERSION = "3.12"     # for the workers' virtual environment; must satisfy setup.py's python_requires
+VENV = "~/sslx-venv"
+UV = "~/.local/bin/uv"      # pip's --user scripts folder, which non-interactive SSH sessions leave off PATH
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,20 +76,26 @@ def create(args, tpu: Slice) -> list[list[str]]:
 
 
 def install(args, tpu: Slice) -> list[list[str]]:
-    """Packs this checkout (without .git and virtual environments), copies it to every worker, installs it."""
+    """Packs this checkout (without .git and virtual environments), copies it to every worker, installs it.
+
+    The TPU images ship Python 3.10, older than jax >= 0.7 supports (setup.py's python_requires), so each worker
+    gets uv (a pip package) and uv builds a virtual environment on its own managed CPython PYTHON_VERSION.
+    """
     pack = ["tar", "-C", str(common.REPO), "--exclude=.git", "--exclude=.venv", "--exclude=__pycache__",
             "-czf", f"/tmp/{ARCHIVE}", "."]
     copy = gcloud("scp", args, f"/tmp/{ARCHIVE}", f"{args.name}:~/", "--worker=all")
     setup = (f"mkdir -p {REMOTE_DIR} && tar -xzf ~/{ARCHIVE} -C {REMOTE_DIR} && "
-             f'pip install -q -U "jax[tpu]" && pip install -q -e {REMOTE_DIR}')
+             f"python3 -m pip install -q --user -U uv && "
+             f"{UV} venv --allow-existing --python {PYTHON_VERSION} {VENV} && "
+             f"{UV} pip install -q --python {VENV}/bin/python -e {REMOTE_DIR}'[tpu]'")   # ~ expands, [tpu] never globs
     return [pack, copy, ssh(args, setup)]
 
 
 def run(args, tpu: Slice) -> list[list[str]]:
     train = common.stage_command(args.stage, args.config, args.workdir,
                                  ["--config.distributed.cluster=tpu", *args.overrides])
-    # pip's user installs land in ~/.local/bin, which non-interactive SSH sessions leave off PATH.
-    detached = f"cd {REMOTE_DIR} && PATH=~/.local/bin:$PATH nohup {common.shell(train)} > {LOG} 2>&1 &"
+    # The stage's console script comes from the virtual environment that `install` built.
+    detached = f"cd {REMOTE_DIR} && PATH={VENV}/bin:$PATH nohup {common.shell(train)} > {LOG} 2>&1 &"
     return [ssh(args, detached)]
 
 

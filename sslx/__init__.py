@@ -2,6 +2,7 @@
 
 `sslx.load_encoder(workdir)` (sslx.encoder) is imported on first use, so `import sslx` starts neither JAX nor TF.
 """
+__version__ = "0.1.0"   # setup.py reads it from here
 
 
 def __getattr__(name: str):

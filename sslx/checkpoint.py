@@ -18,7 +18,7 @@ from etils import epath
 from jax import lax
 from jax.experimental import multihost_utils
 
-from sslx import metrics
+from sslx import metrics, paths
 
 
 class CheckpointError(ValueError):
@@ -29,10 +29,9 @@ class NonFiniteStateError(FloatingPointError):
     """The state about to be saved holds NaN or Inf: it is not saved."""
 
 
-def _workdir_path(workdir: str | pathlib.Path) -> epath.Path:
+def _workdir_path(workdir: paths.PathLike) -> epath.Path:
     """Orbax wants absolute paths; URLs such as gs://bucket/run already are, and must not be joined to the cwd."""
-    text = str(workdir)
-    return epath.Path(text if "://" in text else pathlib.Path(text).absolute())
+    return paths.absolute(workdir)
 
 
 def _words(x: jax.Array) -> jax.Array:

@@ -1,9 +1,14 @@
-"""Console entry points: parse `--config FILE --workdir DIR [--config.key=value ...]`, run one stage.
+"""Console entry points: parse `--config RECIPE --workdir DIR [--config.key=value ...]`, run one stage.
 
-Every user error ends as one line on stderr naming the problem and the fix, with exit code 2.
+`--help` prints the usage and the stage's recipes; `--print_config` prints the resolved config (recipe plus
+overrides) and exits. Every user error ends as one line on stderr naming the problem and the fix, with exit
+code 2.
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import importlib
 import os
 import sys
 import traceback
@@ -20,6 +25,42 @@ from ml_collections import config_flags  # noqa: E402
 PARSE_ERRORS = (ValueError, TypeError, OSError, flags.Error)
 # Raised by stages for bad config values, missing data or checkpoints, and a non-finite loss.
 RUN_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
+HELP_FLAGS = ("-h", "--help", "--helpshort", "--helpfull")
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """What `--help` and the unknown-key error say about one entry point."""
+    name: str
+    summary: str
+    recipe_prefixes: tuple[str, ...]   # its recipes in configs/ (empty: those no other program claims)
+    keys_defined_in: str               # where the recipe's keys, and their defaults, are defined
+    example: str
+    out_flag: str = "workdir"          # the required output flag
+    out_help: str = ("where checkpoints, config.json, metrics and results.json go: a local folder or "
+                     "gs://BUCKET/DIR; rerunning the same command resumes from it")
+
+
+EVAL_KEYS = "eval_config() in sslx/config.py"
+PROGRAMS = {p.name: p for p in (
+    Program("sslx-pretrain", "Self-supervised pretraining of an encoder (SimCLR, BYOL, MoCo, ...).", (),
+            "base_config() in sslx/config.py", "--config simclr_cifar10 --workdir gs://BUCKET/simclr_r18"),
+    Program("sslx-linear-eval", "Linear evaluation of a pretrained encoder.", ("linear_eval_",), EVAL_KEYS,
+            "--config linear_eval_cifar10 --workdir DIR --config.pretrained=PRETRAIN_DIR"),
+    Program("sslx-knn", "Weighted kNN evaluation of a pretrained encoder.", ("knn_",), EVAL_KEYS,
+            "--config knn_cifar10 --workdir DIR --config.pretrained=PRETRAIN_DIR"),
+    Program("sslx-finetune", "Fine-tuning of a pretrained encoder on a fraction of the labels.", ("finetune_",),
+            EVAL_KEYS, "--config finetune_cifar10 --workdir DIR --config.pretrained=PRETRAIN_DIR"),
+    Program("sslx-distill", "SimCLRv2 distillation of a fine-tuned teacher into a student.", ("distill_",),
+            "distill_config() in sslx/stages/distill.py", "--config distill_cifar10 --workdir DIR "
+            "--config.teacher=FINETUNE_DIR"),
+    Program("sslx-preview", "The augmentation preview of a recipe's data and views (a PNG), no training.", (),
+            "base_config() in sslx/config.py", "--config simclr_cifar10 --out preview.png", "out",
+            "the PNG file to write"),
+    Program("simclrv2_recipe", "The SimCLRv2 chain (pretrain, fine-tune, distil, evaluate) under one root.",
+            ("simclrv2_recipe_",), "its recipe file, whose sections are those of the stages (sslx/config.py, "
+            "sslx/stages/distill.py)", "--config simclrv2_recipe_cifar10 --workdir ROOT"),
+)}
 
 
 def _one_line(error: BaseException) -> str:
@@ -31,47 +72,111 @@ def _fail(program: str, error: BaseException, leave: Callable[[int], None] = sys
     leave(2)
 
 
-def _config_path(argv: list[str]) -> str | None:
+def _recipes_of(program: Program) -> list[str]:
+    from sslx.config import recipe_names
+    claimed = tuple(prefix for p in PROGRAMS.values() for prefix in p.recipe_prefixes)
+    if program.recipe_prefixes:
+        return [n for n in recipe_names() if n.startswith(program.recipe_prefixes)]
+    return [n for n in recipe_names() if not n.startswith(claimed)]
+
+
+def usage(program: Program) -> str:
+    recipes = ", ".join(_recipes_of(program))
+    out = f"--{program.out_flag} {program.out_flag.upper()}"
+    return f"""usage: {program.name} --config RECIPE {out} [--config.KEY=VALUE ...] [--print_config]
+
+{program.summary}
+
+  --config RECIPE       a recipe name ({recipes}),
+                        or a recipe file (configs/NAME.py, or your own with a get_config())
+  {out:<20}  {program.out_help}
+  --config.KEY=VALUE    override any key of the recipe, e.g. --config.batch_size=1024 --config.model.dtype=bfloat16;
+                        the keys and their defaults: {program.keys_defined_in}, and the recipe
+  --print_config        print the resolved config (recipe plus overrides) and exit, no {out.split()[0]} needed
+  -h, --help            this message
+
+example: {program.name} {program.example}"""
+
+
+def _config_spec(argv: list[str]) -> tuple[int, str] | None:
+    """(index in argv, value) of the --config flag."""
     for i, arg in enumerate(argv):
         if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
+            return i, arg.split("=", 1)[1]
         if arg == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
+            return i + 1, argv[i + 1]
     return None
 
 
-def _unknown_key_message(error: Exception, argv: list[str]) -> str:
-    key = str(error.args[0]).strip("'\"") if error.args else "?"
-    flag = next((a for a in argv if a.startswith("--config.") and key in a.split("=", 1)[0]), key)
-    return (f"unknown config key {key!r} (from {flag}): the recipe has no such key; "
-            f"see sslx/config.py and the recipe file for the valid keys")
+def _with_recipe_path(argv: list[str], index: int, spec: str) -> list[str]:
+    """argv with the recipe name or path replaced by its file (a `:argument` suffix kept)."""
+    from sslx.config import resolve_recipe
+    recipe, colon, argument = spec.partition(":")
+    value = f"{resolve_recipe(recipe)}{colon}{argument}"
+    argv = list(argv)
+    argv[index] = f"--config={value}" if argv[index].startswith("--config=") else value
+    return argv
 
 
-def _parse(program: str, argv: list[str], out_flag: str = "workdir",
-           out_help: str = "the directory for checkpoints and results.json"):
-    """Parses `--config` (executed, overrides applied, locked: no new keys) and the required `--<out_flag>`."""
-    path = _config_path(argv)
-    if path is None:
-        _fail(program, ValueError("--config is required: pass a recipe such as --config configs/quickstart.py"))
-    if not os.path.isfile(path.split(":", 1)[0]):
-        _fail(program, FileNotFoundError(f"config file {path} not found: pass a recipe file from configs/"))
+def _unknown_key_message(program: Program, recipe: str, argv: list[str]) -> str:
+    """Names the first override whose key the recipe lacks, a close match, and where the keys are defined."""
+    from sslx.config import load_recipe
+    config = load_recipe(recipe)
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        section, parts = config, arg[len("--config."):].split("=", 1)[0].split(".")
+        for depth, part in enumerate(parts):
+            if hasattr(section, "keys") and part in section:
+                section = section[part]
+                continue
+            where = ".".join(["config", *parts[:depth]])
+            near = difflib.get_close_matches(part, list(section.keys()) if hasattr(section, "keys") else [], n=1)
+            hint = f"did you mean {where}.{near[0]}? " if near else ""
+            return (f"unknown config key {part!r} ({arg}): {where} has no such key; {hint}the keys are defined in "
+                    f"{program.keys_defined_in} and {recipe}; --print_config lists them")
+    return f"an override names a key the recipe lacks; {program.keys_defined_in} and {recipe} define the keys"
+
+
+def _parse(name: str, argv: list[str]):
+    """Parses `--config` (executed, overrides applied, locked: no new keys) and the program's required output
+    flag (`--workdir`, or `--out`); returns (config, its value). `--help` and `--print_config` print and exit here.
+    """
+    program = PROGRAMS[name]
+    if any(arg in HELP_FLAGS for arg in argv[1:]):
+        print(usage(program))
+        sys.exit(0)
+    found = _config_spec(argv)
+    if found is None:
+        _fail(name, ValueError(f"--config is required: pass a recipe such as --config {_recipes_of(program)[0]} "
+                               f"(see {name} --help)"))
+    recipe = found[1].partition(":")[0]   # as the user wrote it, for messages
+    try:
+        argv = _with_recipe_path(argv, *found)
+    except FileNotFoundError as error:
+        _fail(name, error)
+    printing = "--print_config" in argv
+    argv = [arg for arg in argv if arg != "--print_config"]
     flag_values = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "Recipe file (configs/*.py) returning a ConfigDict.",
                                     flag_values=flag_values, lock_config=True)
-    flags.DEFINE_string(out_flag, None, out_help, flag_values=flag_values)
+    flags.DEFINE_string(program.out_flag, None, program.out_help, flag_values=flag_values)
     try:
         flag_values(argv)
         config = flag_values.config
         config.to_dict()  # the recipe loads lazily: surface its errors here
-        if not flag_values[out_flag].value:
-            raise ValueError(f"--{out_flag} is required: pass {out_help}")
-    except (KeyError, AttributeError) as error:  # how ml_collections reports a key the recipe lacks
-        _fail(program, ValueError(_unknown_key_message(error, argv)))
+        if printing:
+            print(config, end="")
+            sys.exit(0)
+        if not flag_values[program.out_flag].value:
+            raise ValueError(f"--{program.out_flag} is required: pass {program.out_help.split(';')[0]}")
+    except (KeyError, AttributeError):  # how ml_collections reports a key the recipe lacks
+        _fail(name, ValueError(_unknown_key_message(program, recipe, argv)))
     except PARSE_ERRORS as error:
-        _fail(program, error)
+        _fail(name, error)
     except Exception as error:  # noqa: BLE001 - the recipe's own code failed: show where in the recipe
-        _recipe_failed(program, path.split(":", 1)[0], error)
-    return config, flag_values[out_flag].value
+        _recipe_failed(name, _config_spec(argv)[1].partition(":")[0], error)
+    return config, flag_values[program.out_flag].value
 
 
 def _recipe_failed(program: str, recipe: str, error: Exception) -> None:
@@ -88,9 +193,11 @@ def _recipe_failed(program: str, recipe: str, error: Exception) -> None:
     sys.exit(2)
 
 
-def _run_stage(program: str, stage: Callable) -> None:
+def _run_stage(name: str, module: str, function: str) -> None:
+    """Parses first, so that --help, --print_config and flag errors answer before JAX and TF load."""
     logging.set_verbosity(logging.WARNING)
-    config, workdir = _parse(program, sys.argv)
+    config, workdir = _parse(name, sys.argv)
+    stage = getattr(importlib.import_module(module), function)
     from sslx import metrics, parallel  # imports jax, which starts no backend until a device is touched
     from sslx.workdir import Preempted
     try:
@@ -101,12 +208,11 @@ def _run_stage(program: str, stage: Callable) -> None:
     except Preempted as stopped:  # a checkpoint of the last step is committed: a clean, resumable exit
         metrics.log(str(stopped))
     except (*RUN_ERRORS, parallel.DistributedError) as error:
-        _fail(program, error, leave=parallel.exit_now)
+        _fail(name, error, leave=parallel.exit_now)
 
 
 def pretrain() -> None:
-    from sslx.stages.pretrain import run_pretraining
-    _run_stage("sslx-pretrain", run_pretraining)
+    _run_stage("sslx-pretrain", "sslx.stages.pretrain", "run_pretraining")
 
 
 def benchmark() -> None:
@@ -115,23 +221,19 @@ def benchmark() -> None:
 
 
 def linear_eval() -> None:
-    from sslx.stages.linear_eval import run_linear_eval
-    _run_stage("sslx-linear-eval", run_linear_eval)
+    _run_stage("sslx-linear-eval", "sslx.stages.linear_eval", "run_linear_eval")
 
 
 def knn() -> None:
-    from sslx.stages.knn import run_knn
-    _run_stage("sslx-knn", run_knn)
+    _run_stage("sslx-knn", "sslx.stages.knn", "run_knn")
 
 
 def finetune() -> None:
-    from sslx.stages.finetune import run_finetune
-    _run_stage("sslx-finetune", run_finetune)
+    _run_stage("sslx-finetune", "sslx.stages.finetune", "run_finetune")
 
 
 def distill() -> None:
-    from sslx.stages.distill import run_distill
-    _run_stage("sslx-distill", run_distill)
+    _run_stage("sslx-distill", "sslx.stages.distill", "run_distill")
 
 
 def make_tfrecords() -> None:
@@ -145,7 +247,7 @@ def make_tfrecords() -> None:
 def preview() -> None:
     """`sslx-preview --config C --out FILE.png [--config.key=value ...]`: the augmentation preview, no training."""
     logging.set_verbosity(logging.WARNING)
-    config, out = _parse("sslx-preview", sys.argv, "out", "the PNG file to write")
+    config, out = _parse("sslx-preview", sys.argv)
     from sslx import config as config_lib, plots
     try:
         config_lib.validate_data(config.data)
@@ -163,6 +265,8 @@ def plot() -> None:
         plot_main(sys.argv[1:])
     except RUN_ERRORS as error:
         _fail("sslx-plot", error)
+
+
 def _run_tool(program: str, main: Callable[[list[str]], None]) -> None:
     """A tool with its own argparse flags (embed, export, import): its user errors become one line."""
     logging.set_verbosity(logging.WARNING)

@@ -11,11 +11,34 @@ BN_MODES = ("global", "replica")
 DTYPES = ("float32", "bfloat16")
 
 
+# Installed, the recipes are the package sslx.configs; in a checkout, configs/ beside sslx/ (an editable install
+# maps sslx.configs there without a folder under sslx/).
+RECIPE_DIRS = tuple(pathlib.Path(__file__).resolve().parent / sub for sub in ("configs", "../configs"))
+
+
+def recipe_names() -> list[str]:
+    """The shipped recipes, by name (`simclr_cifar10`, ...)."""
+    names = {p.stem for folder in RECIPE_DIRS if folder.is_dir() for p in folder.glob("*.py")}
+    return sorted(names - {"__init__"})
+
+
+def resolve_recipe(recipe: str | os.PathLike) -> pathlib.Path:
+    """A recipe file: an existing path, or a shipped recipe named `simclr_cifar10` or `configs/simclr_cifar10.py`
+    (so the README's commands also work outside a checkout)."""
+    path = pathlib.Path(recipe)
+    if path.is_file():
+        return path
+    if path.suffix in ("", ".py") and (path.parent == pathlib.Path(".") or path.parent.name == "configs"):
+        for folder in RECIPE_DIRS:
+            if (folder / f"{path.stem}.py").is_file() and path.stem != "__init__":
+                return (folder / f"{path.stem}.py").resolve()
+    raise FileNotFoundError(f"recipe {recipe} not found: pass a recipe file, or one of the shipped recipes by name: "
+                            f"{', '.join(recipe_names())}")
+
+
 def load_recipe(path: str | os.PathLike) -> ml_collections.ConfigDict:
-    """`get_config()` of a recipe file (configs/*.py) given by path, as `--config FILE` reads it."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"recipe file {path} not found: pass a file from configs/")
+    """`get_config()` of a recipe (a file given by path, or a shipped recipe's name), as `--config` reads it."""
+    path = resolve_recipe(path)
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

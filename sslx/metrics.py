@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import json
 import math
-import pathlib
 import sys
 import time
 from typing import Any, Mapping
 
 import jax
 import numpy as np
+from etils import epath
+
+from sslx import paths, provenance
 
 
 def is_chief() -> bool:
@@ -24,14 +26,14 @@ def to_python(metrics: Mapping[str, Any]) -> dict[str, float]:
 class MetricWriter:
     """Writes scalars to `<workdir>/metrics.jsonl` and TensorBoard events in `<workdir>/tb`."""
 
-    def __init__(self, workdir: str | pathlib.Path):
-        self.workdir = pathlib.Path(workdir)
+    def __init__(self, workdir: paths.PathLike):
+        self.workdir = paths.as_path(workdir)
         self._enabled = is_chief()
         if self._enabled:
             import tensorflow as tf  # input-pipeline dependency, reused for event files
             self.workdir.mkdir(parents=True, exist_ok=True)
             self._tb = tf.summary.create_file_writer(str(self.workdir / "tb"))
-            self._jsonl = open(self.workdir / "metrics.jsonl", "a", encoding="utf-8")
+            self._jsonl = _append(self.workdir / "metrics.jsonl")
 
     def forget_after(self, step: int) -> None:
         """Drops metrics.jsonl rows after `step`: a resumed run logs them again, so each step keeps one row."""
@@ -41,7 +43,7 @@ class MetricWriter:
         path = self.workdir / "metrics.jsonl"
         rows = [line for line in path.read_text(encoding="utf-8").splitlines() if _row_step(line) <= step]
         path.write_text("".join(row + "\n" for row in rows), encoding="utf-8")
-        self._jsonl = open(path, "a", encoding="utf-8")
+        self._jsonl = _append(path)
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
         if not self._enabled:
@@ -67,6 +69,12 @@ class MetricWriter:
             self._jsonl.close()
 
 
+def _append(path: epath.Path):
+    """A text file opened for appending, local or in a bucket (tf.io.gfile: epath opens only as a context)."""
+    import tensorflow as tf
+    return tf.io.gfile.GFile(str(path), "a")
+
+
 def _row_step(line: str) -> float:
     """A metrics.jsonl row's step; inf for a line cut short by a killed process (dropped on resume)."""
     try:
@@ -75,7 +83,7 @@ def _row_step(line: str) -> float:
         return math.inf
 
 
-def write_once(workdir: str | pathlib.Path, step: int, scalars: Mapping[str, float]) -> None:
+def write_once(workdir: paths.PathLike, step: int, scalars: Mapping[str, float]) -> None:
     """Appends one record to the workdir's metrics.jsonl and TensorBoard events (end-of-run evaluations)."""
     if scalars:
         writer = MetricWriter(workdir)
@@ -112,10 +120,11 @@ def log(message: str) -> None:
         print(message, file=sys.stdout, flush=True)
 
 
-def write_results(workdir: str | pathlib.Path, results: Mapping[str, Any]) -> pathlib.Path:
+def write_results(workdir: paths.PathLike, results: Mapping[str, Any]) -> epath.Path:
     """`<workdir>/results.json`: the numbers a stage reports, read by the next stage and outside checks."""
-    path = pathlib.Path(workdir) / "results.json"
+    path = paths.as_path(workdir) / "results.json"
     if is_chief():
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in results.items()}
+        clean["provenance"] = provenance.collect()
         path.write_text(json.dumps(clean, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return path

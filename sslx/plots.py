@@ -18,9 +18,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from etils import epath
 from matplotlib.figure import Figure
 
-from sslx import metrics
+from sslx import metrics, paths
 
 PLOTS_DIR = "plots"
 # (panel title, keys of metrics.jsonl drawn in it); keys given as a pattern match any run's matching keys.
@@ -37,16 +38,17 @@ EMBEDDING_POINTS = 1000
 _PCA_DIMS = 50           # t-SNE on 50 principal components, the usual preprocessing (van der Maaten 2014)
 
 
-def save(figure: Figure, workdir: str | pathlib.Path, name: str, step: int = 0,
-         writer: metrics.MetricWriter | None = None) -> pathlib.Path:
+def save(figure: Figure, workdir: paths.PathLike, name: str, step: int = 0,
+         writer: metrics.MetricWriter | None = None) -> epath.Path:
     """Writes `<workdir>/plots/<name>.png` and the TensorBoard image `plots/<name>` at `step` (process 0 only)."""
-    path = pathlib.Path(workdir) / PLOTS_DIR / f"{name}.png"
+    path = paths.as_path(workdir) / PLOTS_DIR / f"{name}.png"
     if not metrics.is_chief():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
-    figure.savefig(path, dpi=figure.dpi)
+    with path.open("wb") as f:   # a local folder or a bucket
+        figure.savefig(f, format="png", dpi=figure.dpi)
     own_writer = writer is None
     writer = writer or metrics.MetricWriter(workdir)
     writer.image(step, f"{PLOTS_DIR}/{name}", np.asarray(canvas.buffer_rgba())[..., :3])
@@ -109,8 +111,8 @@ def image_grid(columns: Mapping[str, np.ndarray], labels: Sequence[int], title: 
     return figure
 
 
-def write_augmentation_preview(config: Any, workdir: str | pathlib.Path,
-                               writer: metrics.MetricWriter | None = None) -> pathlib.Path | None:
+def write_augmentation_preview(config: Any, workdir: paths.PathLike,
+                               writer: metrics.MetricWriter | None = None) -> epath.Path | None:
     """`<workdir>/plots/augmentation_preview.png` (and TensorBoard at step 0), from process 0."""
     if not metrics.is_chief():
         return None
@@ -119,9 +121,9 @@ def write_augmentation_preview(config: Any, workdir: str | pathlib.Path,
 
 # --- curves ---------------------------------------------------------------------------------------------------
 
-def read_metrics(workdir: str | pathlib.Path) -> list[dict[str, float]]:
+def read_metrics(workdir: paths.PathLike) -> list[dict[str, float]]:
     """The records of `<workdir>/metrics.jsonl`, in the order they were written."""
-    path = pathlib.Path(workdir) / "metrics.jsonl"
+    path = paths.as_path(workdir) / "metrics.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"no metrics.jsonl in {workdir}: pass a workdir written by an sslx stage")
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -181,13 +183,13 @@ def curves(runs: Mapping[str, list[dict[str, float]]]) -> Figure:
     return figure
 
 
-def write_curves(workdir: str | pathlib.Path) -> pathlib.Path | None:
+def write_curves(workdir: paths.PathLike) -> epath.Path | None:
     """`<workdir>/plots/curves.png` (and TensorBoard) from the run's metrics.jsonl, which process 0 wrote."""
     if not metrics.is_chief():
         return None
     records = read_metrics(workdir)
     step = max((int(r["step"]) for r in records), default=0)
-    return save(curves({pathlib.Path(workdir).name: records}), workdir, "curves", step)
+    return save(curves({paths.as_path(workdir).name: records}), workdir, "curves", step)
 
 
 # --- embedding map --------------------------------------------------------------------------------------------
@@ -234,9 +236,9 @@ def embedding_map(features: np.ndarray, labels: np.ndarray, title: str, *, max_p
     return figure
 
 
-def write_embedding_map(workdir: str | pathlib.Path, features: np.ndarray, labels: np.ndarray, title: str, *,
+def write_embedding_map(workdir: paths.PathLike, features: np.ndarray, labels: np.ndarray, title: str, *,
                         step: int = 0, max_points: int = EMBEDDING_POINTS,
-                        class_names: Sequence[str] = ()) -> pathlib.Path | None:
+                        class_names: Sequence[str] = ()) -> epath.Path | None:
     """`<workdir>/plots/embedding_map.png` (and TensorBoard); nothing when max_points is 0."""
     if max_points <= 0 or not metrics.is_chief():
         return None
@@ -255,7 +257,7 @@ def plot_main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     runs = {}
     for workdir in args.workdirs:
-        name = pathlib.Path(workdir).resolve().name
+        name = paths.absolute(workdir).name
         runs[name if name not in runs else workdir] = read_metrics(workdir)
     if len(runs) == 1 and not args.out:
         print(f"wrote {write_curves(args.workdirs[0])}")

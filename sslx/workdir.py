@@ -21,7 +21,7 @@ import jax
 import ml_collections
 from jax.experimental import multihost_utils
 
-from sslx import metrics
+from sslx import metrics, paths, provenance
 
 LOCK_FILE = ".lock"
 # Keys a rerun may change: how long to train, and how this launch's processes find each other.
@@ -37,13 +37,9 @@ class Preempted(Exception):
     """The run stopped on a signal after saving a checkpoint of its last step; rerunning continues from it."""
 
 
-def is_remote(workdir: str | os.PathLike) -> bool:
-    return "://" in str(workdir)
-
-
 def check_writable(workdir: str | os.PathLike) -> None:
     """One line naming the problem when `workdir` is a file, lies under a file, or cannot be written."""
-    if is_remote(workdir):
+    if paths.is_remote(workdir):
         return
     path = pathlib.Path(workdir)
     if path.exists() and not path.is_dir():
@@ -72,7 +68,7 @@ class Lock:
         self._file = None
         if not metrics.is_chief():
             return
-        if is_remote(workdir):
+        if paths.is_remote(workdir):
             metrics.log(f"{workdir} is remote and cannot be locked: make sure one run at a time uses it")
             return
         path = pathlib.Path(workdir) / LOCK_FILE
@@ -128,11 +124,12 @@ def config_json(config: ml_collections.ConfigDict) -> str:
 def check_same_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict,
                       may_change: Iterable[str] = RUN_LENGTH_KEYS) -> None:
     """Stops a rerun whose config differs from the workdir's config.json (which describes its checkpoints)."""
-    path = pathlib.Path(workdir) / "config.json"
-    if is_remote(workdir) or not path.exists():
+    path = paths.as_path(workdir) / "config.json"
+    if not path.exists():
         return
-    changes = config_changes(json.loads(path.read_text(encoding="utf-8")), json.loads(config_json(config)),
-                             (*may_change, *LAUNCH_KEYS))
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    saved.pop("provenance", None)   # what ran it, not what it runs
+    changes = config_changes(saved, json.loads(config_json(config)), (*may_change, *LAUNCH_KEYS))
     if changes:
         raise WorkdirError(f"the config differs from {path}, which describes the checkpoints there, in: "
                            f"{'; '.join(changes)}. Rerun with the same recipe and overrides (only "
@@ -149,8 +146,8 @@ def open_run(workdir: str | os.PathLike, config: ml_collections.ConfigDict,
     lock = Lock(workdir)
     try:
         check_same_config(workdir, config, may_change)
-        path = pathlib.Path(workdir) / "config.json"
-        text = config_json(config)
+        path = paths.as_path(workdir) / "config.json"
+        text = provenance.config_json(config)
         if metrics.is_chief() and not (path.exists() and path.read_text(encoding="utf-8") == text):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
@@ -161,7 +158,7 @@ def open_run(workdir: str | os.PathLike, config: ml_collections.ConfigDict,
 
 def finished_results(workdir: str | os.PathLike, steps_key: str, total_steps: int) -> dict | None:
     """The results.json of a run that already reached `total_steps` (its `steps_key` field), else None."""
-    path = pathlib.Path(workdir) / "results.json"
+    path = paths.as_path(workdir) / "results.json"
     if not path.exists():
         return None
     results = json.loads(path.read_text(encoding="utf-8"))

@@ -1,5 +1,6 @@
 """The launchers' dry runs print the exact commands for a few slice sizes, clusters and process counts."""
 import pathlib
+import re
 import shlex
 import subprocess
 import sys
@@ -53,6 +54,32 @@ def test_tpu_up_installs_runs_on_every_worker_and_streams_worker_zero():
         "sslx-pretrain", "--config", "configs/simclr_imagenet.py", "--workdir", "/mnt/shared/r50",
         "--config.distributed.cluster=tpu", "--config.epochs=100"]
     assert "--worker=0" in commands[5] and any("tail" in a for a in commands[5])
+
+
+def test_tpu_install_builds_a_python_that_setup_py_accepts():
+    code, out, err = tpu("install", "v4-32")
+    assert code == 0, err
+    setup = next(a for a in shlex.split(out.splitlines()[3]) if a.startswith("--command=")).split("=", 1)[1]
+    steps = [shlex.split(step) for step in setup.split(" && ")]
+    venv = next(step for step in steps if step[1:3] == ["venv", "--allow-existing"])
+    version = venv[venv.index("--python") + 1]
+    required = re.search(r'python_requires=">=([0-9.]+)"', (LAUNCH.parent / "setup.py").read_text()).group(1)
+    assert tuple(map(int, version.split("."))) >= tuple(map(int, required.split("."))), (version, required)
+    pip = next(step for step in steps if step[1:3] == ["pip", "install"])
+    assert pip[pip.index("--python") + 1] == f"{venv[-1]}/bin/python" and pip[-2:] == ["-e", "~/sslx[tpu]"]
+    run = next(a for a in shlex.split(tpu("run", "v4-32", "--workdir=gs://b/r")[1].splitlines()[1])
+               if a.startswith("--command="))
+    assert f"PATH={venv[-1]}/bin:$PATH" in run   # the stage runs from that environment
+
+
+def test_launchers_help_and_print_config():
+    for script in ("tpu_pod.py", "slurm.py", "local.py", "simclrv2_recipe.py"):
+        done = subprocess.run([sys.executable, str(LAUNCH / script), "--help"], capture_output=True, text=True)
+        assert done.returncode == 0 and "--config" in done.stdout and "--print_config" in done.stdout, done.stderr
+    done = subprocess.run([sys.executable, str(LAUNCH / "slurm.py"), "--print_config", "--config=simclr_imagenet",
+                           "--", "--config.batch_size=1024"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "batch_size: 1024" in done.stdout.splitlines() and "name: resnet50" in done.stdout
 
 
 def test_tpu_delete():

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import pathlib
 from typing import Any, Callable
 
 import numpy as np
 import tensorflow as tf
 
+from sslx import paths
 from sslx.data import folder
 
 DIGITS_TRAIN_EXAMPLES = 1500  # sklearn's 1797 digits: the first 1500 train, the remaining 297 test
@@ -177,7 +177,7 @@ def _count_records(file: str, path: str) -> int:
 
 
 def _tfrecord_files(path: str, split: str) -> list[str]:
-    files = sorted(str(p) for p in pathlib.Path(path).glob(f"{split}-*.tfrecord"))
+    files = sorted(str(p) for p in paths.as_path(path).glob(f"{split}-*.tfrecord"))
     if not files:
         raise FileNotFoundError(f"no {split}-*.tfrecord files in {path!r}: set config.data.path to a directory "
                                 f"holding them (`sslx-make-tfrecords IMAGE_DIR OUT_DIR` converts a folder of "
@@ -188,7 +188,7 @@ def _tfrecord_files(path: str, split: str) -> list[str]:
 @functools.cache
 def _tfrecord_info(path: str, split: str, num_classes: int) -> SplitInfo:
     files = _tfrecord_files(path, split)
-    labels_txt = pathlib.Path(path) / "labels.txt"
+    labels_txt = paths.as_path(path) / "labels.txt"
     if labels_txt.exists():
         num_classes = sum(1 for line in labels_txt.read_text().splitlines() if line.strip())
     count = sum(_count_records(f, path) for f in files)
@@ -251,7 +251,7 @@ def class_names(data_cfg, split: str) -> tuple[str, ...]:
     if name == "folder":
         return folder.split_files(data_cfg, split).class_names
     if name == "tfrecord":
-        labels_txt = pathlib.Path(str(data_cfg.path)) / "labels.txt"
+        labels_txt = paths.as_path(str(data_cfg.path)) / "labels.txt"
         return tuple(line.strip() for line in labels_txt.read_text().splitlines() if line.strip()) \
             if labels_txt.exists() else ()
     features = _tfds_builder(name, data_cfg.get("data_dir")).info.features

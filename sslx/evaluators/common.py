@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import functools
 import math
-import pathlib
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -12,7 +11,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from sslx import data, metrics, parallel, resume
+from sslx import data, metrics, parallel, paths, resume
 from sslx.evaluators import subsets
 from sslx.evaluators.encoders import Pretrained
 from sslx.evaluators.features import extract_features
@@ -94,7 +93,7 @@ def base_results(stage: str, pretrained: Pretrained, split: str, num_labelled: i
             "method": pretrained.config.get("method", "")}
 
 
-def finish(workdir: pathlib.Path, results: dict[str, Any], started: float) -> dict[str, Any]:
+def finish(workdir: paths.PathLike, results: dict[str, Any], started: float) -> dict[str, Any]:
     """Writes results.json and the scalars to TensorBoard / metrics.jsonl; logs one summary line."""
     results["seconds"] = round(time.perf_counter() - started, 1)
     writer = metrics.MetricWriter(workdir)

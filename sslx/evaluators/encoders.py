@@ -7,23 +7,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+from etils import epath
 from jax.sharding import Mesh
 
-from sslx import models, parallel
+from sslx import models, parallel, paths
 from sslx.checkpoint import Checkpointer
 from sslx.methods.base import bn_axis, build_encoder, build_head, compute_dtype
 
 
 @dataclasses.dataclass(frozen=True)
 class Pretrained:
-    workdir: pathlib.Path
+    workdir: epath.Path
     config: ml_collections.ConfigDict   # the pretraining config
     step: int
     params: Any                         # {'encoder', 'head'}, replicated over the mesh
@@ -43,9 +43,9 @@ class EncoderWithHead(nn.Module):
         return self.head(self.encoder(images, train=train), train=train)
 
 
-def read_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
-    path = pathlib.Path(workdir) / "config.json"
-    if not pathlib.Path(workdir).is_dir():
+def read_config(workdir: paths.PathLike) -> ml_collections.ConfigDict:
+    path = paths.as_path(workdir) / "config.json"
+    if not paths.as_path(workdir).is_dir():
         raise FileNotFoundError(f"pretrained workdir {workdir} does not exist (config.pretrained)")
     try:
         return ml_collections.ConfigDict(json.loads(path.read_text(encoding="utf-8")))
@@ -57,7 +57,7 @@ def read_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
 def load_pretrained(workdir: str, step: int | None, mesh: Mesh) -> Pretrained:
     """The encoder and head weights of `workdir` at `step` (None or negative: the latest), replicated on `mesh`."""
     config = read_config(workdir)
-    if not (pathlib.Path(workdir) / "checkpoints").is_dir():
+    if not (paths.as_path(workdir) / "checkpoints").is_dir():
         raise FileNotFoundError(f"pretrained workdir {workdir} has no checkpoints/ directory")
     size = config.data.image_size
     network = EncoderWithHead(build_encoder(config.model, None), build_head(config, None))
@@ -70,7 +70,7 @@ def load_pretrained(workdir: str, step: int | None, mesh: Mesh) -> Pretrained:
         step, restored = checkpointer.restore_subtree(like, None if step is None or step < 0 else step)
     finally:
         checkpointer.close()
-    return Pretrained(pathlib.Path(workdir).absolute(), config, step, restored["params"], restored["batch_stats"])
+    return Pretrained(paths.absolute(workdir), config, step, restored["params"], restored["batch_stats"])
 
 
 def check_head_layer(config: ml_collections.ConfigDict, layer: int, key: str) -> None:

@@ -6,11 +6,11 @@ reproducible from (data set, split, fraction, seed); it is written next to the r
 from __future__ import annotations
 
 import json
-import pathlib
 
 import numpy as np
+from etils import epath
 
-from sslx import metrics
+from sslx import metrics, paths
 
 
 def check_fraction(fraction: float, key: str) -> None:
@@ -40,10 +40,10 @@ def split_off(indices: np.ndarray, labels: np.ndarray, fraction: float, seed: in
     return np.setdiff1d(indices, held), held
 
 
-def write_subset(workdir: str | pathlib.Path, indices: np.ndarray, ids: np.ndarray, **description) -> pathlib.Path:
+def write_subset(workdir: paths.PathLike, indices: np.ndarray, ids: np.ndarray, **description) -> epath.Path:
     """`<workdir>/label_subset.json`: which training examples carried labels (read-order indices and the
     examples' own ids), to reproduce or audit a run."""
-    path = pathlib.Path(workdir) / "label_subset.json"
+    path = paths.as_path(workdir) / "label_subset.json"
     if metrics.is_chief():
         path.parent.mkdir(parents=True, exist_ok=True)
         record = {**description, "num_examples": int(len(indices)), "ids": [str(i) for i in ids],

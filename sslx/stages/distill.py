@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import pathlib
 import time
 from typing import Any, Callable
 
@@ -29,10 +28,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from etils import epath
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from sslx import data, losses, metrics, optim, parallel, resume
+from sslx import data, losses, metrics, optim, parallel, paths, resume
 from sslx import workdir as workdir_lib
 from sslx.checkpoint import Checkpointer
 from sslx.config import base_config, distributed_config
@@ -102,7 +102,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def read_classifier_config(workdir: str, key: str) -> ml_collections.ConfigDict:
     """The config.json of a classifier workdir; one-line errors naming `key` for a missing or wrong-kind one."""
-    if not pathlib.Path(workdir).is_dir():
+    if not paths.as_path(workdir).is_dir():
         raise FileNotFoundError(f"{key}={workdir} does not exist: pass a workdir written by sslx-finetune")
     config = read_config(workdir)
     missing = [k for k in CLASSIFIER_KEYS if k not in config]
@@ -114,7 +114,7 @@ def read_classifier_config(workdir: str, key: str) -> ml_collections.ConfigDict:
 
 @dataclasses.dataclass(frozen=True)
 class Teacher:
-    workdir: pathlib.Path
+    workdir: epath.Path
     config: ml_collections.ConfigDict   # its classifier config.json
     step: int
     variables: dict[str, Any]           # {'params', 'batch_stats'}, replicated
@@ -137,7 +137,7 @@ def load_teacher(workdir: str, step: int, mesh: Mesh) -> Teacher:
         step, variables = checkpointer.restore_subtree(like, None if step < 0 else step)
     finally:
         checkpointer.close()
-    return Teacher(pathlib.Path(workdir).absolute(), config, step, variables)
+    return Teacher(paths.absolute(workdir), config, step, variables)
 
 
 def student_config(config: ml_collections.ConfigDict, teacher: ml_collections.ConfigDict,
@@ -204,13 +204,12 @@ def make_distill_step(student, teacher, optimizer: optax.GradientTransformation,
 
 
 def precompute_teacher_logits(teacher: Teacher, data_cfg, mesh: Mesh, batch_size: int,
-                              path: pathlib.Path) -> pathlib.Path:
+                              path: epath.Path) -> epath.Path:
     """Writes the teacher's eval-mode logits of every train-split centre crop, in read order, to `path`."""
     if jax.process_count() > 1:
         raise ValueError("config.distill.precompute runs in a single process: each process sees only its shard")
     logits, _ = common.split_features(teacher.logits_fn(), data_cfg, data_cfg.train_split, mesh, batch_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, logits.astype(np.float32))
+    paths.save_array(path, logits.astype(np.float32))
     metrics.log(f"wrote teacher logits {logits.shape} of {data_cfg.name}:{data_cfg.train_split} to {path}")
     return path
 
@@ -221,7 +220,7 @@ class Distillation:
     def __init__(self, config: ml_collections.ConfigDict, workdir: str):
         validate(config)
         self.config = config
-        self.workdir = pathlib.Path(workdir)
+        self.workdir = paths.as_path(workdir)
         cfg = config.distill
         self.mesh = parallel.make_mesh()
         parallel.check_divisible(cfg.batch_size, self.mesh.size, "config.distill.batch_size")
@@ -230,7 +229,7 @@ class Distillation:
         self.num_train = data.describe(self.data, self.data.train_split).num_examples
         self.pretrained = None
         if config.student.pretrained:
-            if not pathlib.Path(config.student.pretrained).is_dir():
+            if not paths.as_path(config.student.pretrained).is_dir():
                 raise FileNotFoundError(f"config.student.pretrained={config.student.pretrained} does not exist: "
                                         f"pass a workdir written by sslx-pretrain, or leave it empty")
             self.pretrained = load_pretrained(config.student.pretrained, None, self.mesh)
@@ -256,10 +255,10 @@ class Distillation:
         path = self.config.distill.teacher_logits
         if not path:
             return None
-        if not pathlib.Path(path).is_file():
+        if not paths.as_path(path).is_file():
             raise FileNotFoundError(f"config.distill.teacher_logits={path} does not exist: write it with "
                                     f"--config.distill.precompute=True")
-        logits = np.load(path, mmap_mode="r")
+        logits = paths.load_array(path)
         expected = (self.num_train, self.teacher.config.num_classes)
         if logits.shape != expected:
             raise ValueError(f"config.distill.teacher_logits={path} has shape {logits.shape}, the train split and "

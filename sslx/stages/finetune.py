@@ -12,7 +12,6 @@ The workdir is a classifier workdir: config.json records the architecture, `head
 from __future__ import annotations
 
 import math
-import pathlib
 import time
 from typing import Any, Callable
 
@@ -23,7 +22,7 @@ import optax
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from sslx import metrics, optim, parallel, resume
+from sslx import metrics, optim, parallel, paths, resume
 from sslx import workdir as workdir_lib
 from sslx.checkpoint import Checkpointer
 from sslx.evaluators import common, subsets
@@ -99,7 +98,7 @@ class FineTuning:
     def __init__(self, config: ml_collections.ConfigDict, workdir: str):
         validate(config)
         self.config = config
-        self.workdir = pathlib.Path(workdir)
+        self.workdir = paths.as_path(workdir)
         cfg = config.finetune
         self.mesh = parallel.make_mesh()
         parallel.check_divisible(cfg.batch_size, self.mesh.size, "config.finetune.batch_size")

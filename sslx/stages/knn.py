@@ -1,13 +1,12 @@
 """`sslx-knn`: weighted kNN top-1/top-5 of a pretrained encoder's frozen features (no training at all)."""
 from __future__ import annotations
 
-import pathlib
 import time
 from typing import Any
 
 import ml_collections
 
-from sslx import data, metrics, parallel, plots
+from sslx import data, metrics, parallel, paths, plots
 from sslx import workdir as workdir_lib
 from sslx.evaluators import common
 from sslx.evaluators.encoders import check_head_layer, embed, load_pretrained
@@ -47,4 +46,4 @@ def run_knn(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     results = common.base_results("knn", pretrained, data_cfg.eval_split, len(train[1]))
     results.update(scores, top1=scores[f"k{first}_top1"], top5=scores[f"k{first}_top5"], k=first,
                    temperature=config.knn.temperature)
-    return common.finish(pathlib.Path(workdir), results, started)
+    return common.finish(paths.as_path(workdir), results, started)

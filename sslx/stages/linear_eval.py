@@ -10,7 +10,6 @@ split retrains on all of train, and the test split is reported.
 """
 from __future__ import annotations
 
-import pathlib
 import time
 from typing import Any, Callable
 
@@ -21,7 +20,7 @@ import optax
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from sslx import data, metrics, parallel, plots
+from sslx import data, metrics, parallel, paths, plots
 from sslx import workdir as workdir_lib
 from sslx.evaluators import common, linear, subsets
 from sslx.evaluators.encoders import Pretrained, check_head_layer, embed, load_pretrained
@@ -182,4 +181,4 @@ def run_linear_eval(config: ml_collections.ConfigDict, workdir: str) -> dict[str
     results = common.base_results("linear_eval", run.pretrained, run.data.eval_split, run.info.num_examples)
     results.update(linear.classifier_accuracy(classifier, test_features, test_labels), mode=cfg.mode,
                    learning_rate=float(rate), epochs=cfg.epochs, **sweep)
-    return common.finish(pathlib.Path(workdir), results, started)
+    return common.finish(paths.as_path(workdir), results, started)

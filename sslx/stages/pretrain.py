@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import functools
 import math
-import pathlib
 import time
 from typing import Callable
 
@@ -12,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from sslx import config as config_lib
-from sslx import data, metrics, optim, parallel, plots, resume
+from sslx import data, metrics, optim, parallel, paths, plots, resume
 from sslx import workdir as workdir_lib
 from sslx.checkpoint import Checkpointer
 from sslx.data import device_augment
@@ -50,7 +49,7 @@ class Pretraining:
     def __init__(self, config: ml_collections.ConfigDict, workdir: str):
         config_lib.validate(config)
         self.config = config
-        self.workdir = pathlib.Path(workdir)
+        self.workdir = paths.as_path(workdir)
         self.mesh = parallel.make_mesh()
         parallel.check_divisible(config.batch_size, self.mesh.size)
         parallel.check_micro_batch(config.micro_batch_size, config.batch_size // self.mesh.size)

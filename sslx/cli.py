@@ -11,6 +11,7 @@ import difflib
 import importlib
 import os
 import sys
+import textwrap
 import traceback
 from typing import Callable
 
@@ -36,7 +37,8 @@ class Program:
     recipe_prefixes: tuple[str, ...]   # its recipes in configs/ (empty: those no other program claims)
     keys_defined_in: str               # where the recipe's keys, and their defaults, are defined
     example: str
-    out_flag: str = "workdir"          # the required output flag
+    out_flag: str = "workdir"          # the required output flag, its metavar and help
+    out_metavar: str = "DIR"
     out_help: str = ("where checkpoints, config.json, metrics and results.json go: a local folder or "
                      "gs://BUCKET/DIR; rerunning the same command resumes from it")
 
@@ -55,7 +57,7 @@ PROGRAMS = {p.name: p for p in (
             "distill_config() in sslx/stages/distill.py", "--config distill_cifar10 --workdir DIR "
             "--config.teacher=FINETUNE_DIR"),
     Program("sslx-preview", "The augmentation preview of a recipe's data and views (a PNG), no training.", (),
-            "base_config() in sslx/config.py", "--config simclr_cifar10 --out preview.png", "out",
+            "base_config() in sslx/config.py", "--config simclr_cifar10 --out preview.png", "out", "FILE",
             "the PNG file to write"),
     Program("simclrv2_recipe", "The SimCLRv2 chain (pretrain, fine-tune, distil, evaluate) under one root.",
             ("simclrv2_recipe_",), "its recipe file, whose sections are those of the stages (sslx/config.py, "
@@ -80,16 +82,23 @@ def _recipes_of(program: Program) -> list[str]:
     return [n for n in recipe_names() if not n.startswith(claimed)]
 
 
+def _column(text: str) -> str:
+    """`text` wrapped to the help's second column."""
+    indent = " " * 24
+    return textwrap.fill(text, width=112, initial_indent=indent, subsequent_indent=indent,
+                         break_on_hyphens=False).lstrip()
+
+
 def usage(program: Program) -> str:
-    recipes = ", ".join(_recipes_of(program))
-    out = f"--{program.out_flag} {program.out_flag.upper()}"
+    recipes = _column(f"a recipe name ({', '.join(_recipes_of(program))}),")
+    out = f"--{program.out_flag} {program.out_metavar}"
     return f"""usage: {program.name} --config RECIPE {out} [--config.KEY=VALUE ...] [--print_config]
 
 {program.summary}
 
-  --config RECIPE       a recipe name ({recipes}),
+  --config RECIPE       {recipes}
                         or a recipe file (configs/NAME.py, or your own with a get_config())
-  {out:<20}  {program.out_help}
+  {out:<20}  {_column(program.out_help)}
   --config.KEY=VALUE    override any key of the recipe, e.g. --config.batch_size=1024 --config.model.dtype=bfloat16;
                         the keys and their defaults: {program.keys_defined_in}, and the recipe
   --print_config        print the resolved config (recipe plus overrides) and exit, no {out.split()[0]} needed

@@ -41,7 +41,9 @@ class MetricWriter:
             return
         self._jsonl.close()
         path = self.workdir / "metrics.jsonl"
-        rows = [line for line in path.read_text(encoding="utf-8").splitlines() if _row_step(line) <= step]
+        # In a bucket the appended file exists only once something was written to it.
+        text = path.read_text(encoding="utf-8") if path.exists() else ""
+        rows = [line for line in text.splitlines() if _row_step(line) <= step]
         path.write_text("".join(row + "\n" for row in rows), encoding="utf-8")
         self._jsonl = _append(path)
 

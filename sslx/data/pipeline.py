@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Iterator, Sequence
+import re
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -44,9 +45,10 @@ def pretrain_iterator(data_cfg, specs: tuple[augment.AugmentSpec, augment.Augmen
                                 process_index=process_index, process_count=process_count)
     seed = _process_seed(seed, process_index)
     examples = _examples(source.records, source.decode, data_cfg, seed, start)
+    locate = _locator(source.records, source.decode, data_cfg, seed)
     if on_device:
         host_size = host_size or default_host_size(image_size)
-        return InputStream(_device_inputs(examples, source, local_batch, seed, host_size), start, data_cfg)
+        return InputStream(_device_inputs(examples, source, local_batch, seed, host_size), start, locate)
 
     def views(batch, batch_seed):
         view1, view2 = augment.two_views(batch["image"], specs, batch_seed, image_size)
@@ -55,7 +57,7 @@ def pretrain_iterator(data_cfg, specs: tuple[augment.AugmentSpec, augment.Augmen
     if _fixed_size(source):
         batches = examples.batch(local_batch, drop_remainder=True)
         return InputStream(_with_seeds(batches, seed, first_batch).map(views, num_parallel_calls=AUTOTUNE),
-                           start, data_cfg)
+                           start, locate)
     # Variable-size images: each view's crop happens per image, the rest of the augmentation per batch.
     uncropped = tuple(augment.without_crop(spec) for spec in specs)
 
@@ -73,7 +75,7 @@ def pretrain_iterator(data_cfg, specs: tuple[augment.AugmentSpec, augment.Augmen
 
     batches = examples.map(crops, num_parallel_calls=AUTOTUNE).batch(local_batch, drop_remainder=True)
     return InputStream(_with_seeds(batches, seed, first_batch).map(rest, num_parallel_calls=AUTOTUNE),
-                       start, data_cfg)
+                       start, locate)
 
 
 def eval_iterator(data_cfg, split: str, *, local_batch: int, image_size: int, max_examples: int = -1,
@@ -122,7 +124,7 @@ def indexed_iterator(data_cfg, split: str, *, local_batch: int, image_size: int,
 
     examples = _examples(records, decode, data_cfg, seed, start)
     batches = examples.map(view, num_parallel_calls=AUTOTUNE).batch(local_batch, drop_remainder=True)
-    return InputStream(batches, start, data_cfg)
+    return InputStream(batches, start, _locator(records, decode, data_cfg, seed))
 
 
 def crop_flip_spec(crop_area_min: float = 0.08) -> augment.AugmentSpec:
@@ -162,7 +164,7 @@ def supervised_iterator(data_cfg, split: str, *, local_batch: int, image_size: i
         examples = examples.map(one, num_parallel_calls=AUTOTUNE)
     batches = examples.batch(local_batch, drop_remainder=True)
     return InputStream(_with_seeds(batches, seed, first_batch).map(crop, num_parallel_calls=AUTOTUNE),
-                       start, data_cfg)
+                       start, _locator(source.records, source.decode, data_cfg, seed))
 
 
 def _subset(source: sources.Source, indices: Sequence[int], process_index: int,
@@ -270,13 +272,15 @@ def _to_numpy(dataset: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
 class InputStream:
     """A training iterator that knows where it stands: `position` follows the last batch handed out (saved with
     each checkpoint, so a resumed run continues the same record order) and `skipped` counts the corrupt records
-    dropped so far (from gaps in the positions; records dropped at the very end of an epoch go uncounted)."""
+    dropped so far (from gaps in the positions; records dropped at the very end of an epoch go uncounted).
 
-    def __init__(self, dataset: tf.data.Dataset, start: Position, data_cfg):
+    With data.skip_corrupt off, a record that does not decode ends the run with one line naming it (`locate`)."""
+
+    def __init__(self, dataset: tf.data.Dataset, start: Position, locate: Callable[[Position], str]):
         self._batches = _to_numpy(dataset)
         self.position: Position = (int(start[0]), int(start[1]))
         self.skipped = 0
-        self._data_name = f"{data_cfg.name} {data_cfg.get('path') or ''}".strip()
+        self._locate = locate
 
     def __iter__(self) -> "InputStream":
         return self
@@ -285,14 +289,36 @@ class InputStream:
         try:
             batch = next(self._batches)
         except tf.errors.OpError as error:
-            reason = str(error.message).splitlines()[0]
-            raise ValueError(f"a record of {self._data_name} after epoch {self.position[0]} record "
-                             f"{self.position[1]} of the shuffled order does not decode ({reason}): repair the data "
-                             f"or set config.data.skip_corrupt=True to skip and count such records") from None
+            reason = re.sub(r"^\{\{[^}]*\}\}\s*", "", str(error.message).splitlines()[0])  # TF's op prefix
+            raise ValueError(f"{self._locate(self.position)} does not decode ({reason}): repair or remove it, or "
+                             f"set config.data.skip_corrupt=True to skip and count such records") from None
         epochs, indices = batch.pop("_epoch"), batch.pop("_index")
         self.skipped += _gaps(self.position, epochs, indices)
         self.position = (int(epochs[-1]), int(indices[-1]) + 1)
         return batch
+
+
+# Records decoded one by one to find the bad one (past what prefetching can have read ahead of a failed batch).
+_LOCATE_LIMIT = 100_000
+
+
+def _locator(records: tf.data.Dataset, decode_fn, data_cfg, seed: tf.Tensor) -> Callable[[Position], str]:
+    """`locate(position)`: names the first record from `position` on that does not decode: its `id` feature (a
+    TFRecord's source file name) where it has one, else its place in the shuffled order."""
+    where = f"{data_cfg.name} {data_cfg.get('path') or ''}".strip()
+
+    def locate(position: Position) -> str:
+        stream = _epoch_stream(records, decode_fn, {**data_cfg, "cache": False}, seed, position)
+        for place, record in stream.take(_LOCATE_LIMIT):
+            try:
+                decode_fn(record)
+            except tf.errors.OpError:
+                name = sources.record_id(record)
+                return (f"the record {name + ' ' if name else ''}(epoch {int(place['_epoch'])}, record "
+                        f"{int(place['_index'])} of the shuffled order) of {where}")
+        return f"a record of {where} after epoch {position[0]} record {position[1]} of the shuffled order"
+
+    return locate
 
 
 def _gaps(position: Position, epochs: np.ndarray, indices: np.ndarray) -> int:

@@ -176,6 +176,14 @@ def _count_records(file: str, path: str) -> int:
                          f"from config.data.path={path} or rewrite it") from None
 
 
+def record_id(record) -> str | None:
+    """The `id` feature of an undecoded TFRecord example (e.g. the JPEG's source path), if it has one."""
+    if not (isinstance(record, tf.Tensor) and record.dtype == tf.string and record.shape.rank == 0):
+        return None
+    key = tf.io.parse_single_example(record, _KEY_FEATURES)["id"].numpy().decode()
+    return key or None
+
+
 def _tfrecord_files(path: str, split: str) -> list[str]:
     files = sorted(str(p) for p in paths.as_path(path).glob(f"{split}-*.tfrecord"))
     if not files:

@@ -20,5 +20,5 @@ def test_a_recipe_step_is_timed_and_written(tmp_path):
 
 
 def test_a_missing_recipe_file_is_a_one_line_error(tmp_path):
-    with pytest.raises(SystemExit, match=r"recipe file .*nope\.py not found.*--recipes"):
+    with pytest.raises(SystemExit, match=r"recipe .*nope\.py not found.*--recipes"):
         benchmark.main(["--skip-input", "--models", "", "--recipes", f"{tmp_path / 'nope.py'}:16"])

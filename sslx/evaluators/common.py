@@ -12,6 +12,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from sslx import data, metrics, parallel, paths, resume
+from sslx.checkpoint import Checkpointer
 from sslx.evaluators import subsets
 from sslx.evaluators.encoders import Pretrained
 from sslx.evaluators.features import extract_features
@@ -143,6 +144,19 @@ def train_classifier(state: Any, step_fn: Callable[[Any, dict], tuple[Any, dict]
                 checkpointer.save(step, state, force=step == total_steps, data=feed.checkpoint_data())
             resume.stop_here(signals, checkpointer, step, state, feed)
     return state
+
+
+def train_with_sinks(workdir, cfg: ml_collections.ConfigDict,
+                     train: Callable[[Checkpointer, metrics.MetricWriter], Any]) -> Any:
+    """`train(checkpointer, writer)` with the stage's checkpointer (config section `cfg`) and metric writer, both
+    closed whatever happens (closing waits for the last save to be committed)."""
+    checkpointer = Checkpointer(workdir, keep=cfg.keep_checkpoints, every_steps=cfg.checkpoint_every_steps)
+    writer = metrics.MetricWriter(workdir)
+    try:
+        return train(checkpointer, writer)
+    finally:
+        checkpointer.close()
+        writer.close()
 
 
 def check_loop_keys(cfg: ml_collections.ConfigDict, section: str) -> None:

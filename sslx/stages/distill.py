@@ -356,13 +356,7 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
         metrics.log(f"distilling {run.teacher.workdir} ({run.teacher.config.model.name}) into "
                     f"{run.recorded.model.name} x{run.recorded.model.width} on {run.num_train} images of "
                     f"{run.data.name}: {run.total_steps} steps at batch {cfg.batch_size}")
-        checkpointer = Checkpointer(run.workdir, keep=cfg.keep_checkpoints, every_steps=cfg.checkpoint_every_steps)
-        writer = metrics.MetricWriter(run.workdir)
-        try:
-            state = train(run, checkpointer, writer)
-        finally:
-            checkpointer.close()
-            writer.close()
+        state = common.train_with_sinks(run.workdir, cfg, lambda checkpointer, writer: train(run, checkpointer, writer))
         results = {"stage": "distill", "teacher": str(run.teacher.workdir), "teacher_step": run.teacher.step,
                    "teacher_model": run.teacher.config.model.name, "teacher_top1": teacher_top1(run.teacher),
                    "model": run.recorded.model.name, "width": run.recorded.model.width,

@@ -169,13 +169,7 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
         metrics.log(f"fine-tuning {run.pretrained.workdir} step {run.pretrained.step} (+{cfg.head_layers} head "
                     f"layers) on {run.num_labelled} labels of {run.train_data.name}: {run.total_steps} steps at "
                     f"batch {cfg.batch_size}")
-        checkpointer = Checkpointer(run.workdir, keep=cfg.keep_checkpoints, every_steps=cfg.checkpoint_every_steps)
-        writer = metrics.MetricWriter(run.workdir)
-        try:
-            state = train(run, checkpointer, writer)
-        finally:
-            checkpointer.close()
-            writer.close()
+        state = common.train_with_sinks(run.workdir, cfg, lambda checkpointer, writer: train(run, checkpointer, writer))
         results = common.base_results("finetune", run.pretrained, run.data.eval_split, run.num_labelled)
         results.update(run.evaluate(state), label_fraction=cfg.label_fraction, head_layers=cfg.head_layers,
                        finetune_steps=run.total_steps)

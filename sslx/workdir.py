@@ -117,10 +117,6 @@ def config_changes(saved: dict, config: dict, may_change: Iterable[str]) -> list
     return changes
 
 
-def config_json(config: ml_collections.ConfigDict) -> str:
-    return config.to_json_best_effort(indent=2) + "\n"
-
-
 def check_same_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict,
                       may_change: Iterable[str] = RUN_LENGTH_KEYS) -> None:
     """Stops a rerun whose config differs from the workdir's config.json (which describes its checkpoints)."""
@@ -129,7 +125,7 @@ def check_same_config(workdir: str | os.PathLike, config: ml_collections.ConfigD
         return
     saved = json.loads(path.read_text(encoding="utf-8"))
     saved.pop("provenance", None)   # what ran it, not what it runs
-    changes = config_changes(saved, json.loads(config_json(config)), (*may_change, *LAUNCH_KEYS))
+    changes = config_changes(saved, json.loads(config.to_json_best_effort()), (*may_change, *LAUNCH_KEYS))
     if changes:
         raise WorkdirError(f"the config differs from {path}, which describes the checkpoints there, in: "
                            f"{'; '.join(changes)}. Rerun with the same recipe and overrides (only "

@@ -62,6 +62,9 @@ PROGRAMS = {p.name: p for p in (
     Program("simclrv2_recipe", "The SimCLRv2 chain (pretrain, fine-tune, distil, evaluate) under one root.",
             ("simclrv2_recipe_",), "its recipe file, whose sections are those of the stages (sslx/config.py, "
             "sslx/stages/distill.py)", "--config simclrv2_recipe_cifar10 --workdir ROOT"),
+    Program("reproduce", "A reproduction suite: methods' recipes scored by kNN and linear eval next to the "
+            "raw-pixel and random-init baselines, under one root.", ("reproduce_",),
+            "suite_config() in sslx/config.py", "--config reproduce_cifar10_cpu --workdir ROOT"),
 )}
 
 

@@ -172,6 +172,9 @@ def eval_config() -> ml_collections.ConfigDict:
     c.step = -1                   # its checkpoint step (-1: the latest)
     c.seed = 0
     c.head_layer = 0              # linear eval / kNN features: 0 the encoder output, i head layer i (SimCLRv2)
+    c.baseline = ""               # linear eval / kNN of a baseline instead: "pixels" | "random_init" (the
+                                  # pretrained architecture at a random init); "" the pretrained encoder
+    c.pixel_size = 32             # baseline "pixels": images resized to at most this a side
     c.eval_batch_size = 512       # feature extraction and test-set inference
     c.embedding_map_points = 1000  # linear eval / kNN: eval-set points in plots/embedding_map.png (0: no map)
 
@@ -273,3 +276,24 @@ def validate_data(data: ml_collections.ConfigDict) -> None:
         raise ValueError("config.data.name='tfrecord' needs config.data.path=<directory of {split}-*.tfrecord files>.")
     if data.name == "folder" and not data.path:
         raise ValueError("config.data.name='folder' needs config.data.path=<directory of JPEG/PNG images>.")
+
+
+def suite_config() -> ml_collections.ConfigDict:
+    """The base of the reproduction suites (configs/reproduce_*.py, run by launch/reproduce.py)."""
+    c = ml_collections.ConfigDict()
+    c.suite = ""                  # its name in the table
+    c.methods = "simclr,byol,mocov2,mocov3,simsiam,barlow_twins,vicreg,supcon"   # comma-separated
+    c.recipe = "configs/{method}_cifar10.py"   # each method's recipe, relative to the repository root
+    c.pretrain = ml_collections.ConfigDict()   # keys set in every method's recipe (a relative data.path is
+                                               # relative to the repository root)
+    c.method_overrides = ml_collections.ConfigDict()   # <method>: keys set in that method's recipe, after these
+    c.knn_every_epochs = 10.0     # periodic kNN during pretraining, for ROOT/knn_curve.png
+    c.eval = eval_config()        # the kNN and linear-eval stages' config (linear eval runs in fast mode)
+    c.eval.knn.ks = (200,)
+    c.eval.knn.temperature = 0.07
+    c.eval.linear.mode = "fast"
+    c.eval.embedding_map_points = 0
+    c.anchors = ml_collections.ConfigDict()    # <method>: published figures {knn, linear, source} (fractions)
+    c.budget_minutes = 0.0        # > 0: the table says whether the suite ran within this wall time
+    c.distributed = distributed_config()
+    return c

@@ -44,17 +44,24 @@ def save(figure: Figure, workdir: paths.PathLike, name: str, step: int = 0,
     path = paths.as_path(workdir) / PLOTS_DIR / f"{name}.png"
     if not metrics.is_chief():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas = FigureCanvasAgg(figure)
-    canvas.draw()
-    with path.open("wb") as f:   # a local folder or a bucket
-        figure.savefig(f, format="png", dpi=figure.dpi)
+    canvas = write_png(figure, path)
     own_writer = writer is None
     writer = writer or metrics.MetricWriter(workdir)
     writer.image(step, f"{PLOTS_DIR}/{name}", np.asarray(canvas.buffer_rgba())[..., :3])
     if own_writer:
         writer.close()
     return path
+
+
+def write_png(figure: Figure, path: paths.PathLike) -> FigureCanvasAgg:
+    """Draws `figure` into the PNG file `path` (a local path or gs://); returns the drawn canvas."""
+    path = paths.as_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    with path.open("wb") as f:   # a local folder or a bucket
+        figure.savefig(f, format="png", dpi=figure.dpi)
+    return canvas
 
 
 # --- augmentation preview -------------------------------------------------------------------------------------
@@ -190,6 +197,25 @@ def write_curves(workdir: paths.PathLike) -> epath.Path | None:
     records = read_metrics(workdir)
     step = max((int(r["step"]) for r in records), default=0)
     return save(curves({paths.as_path(workdir).name: records}), workdir, "curves", step)
+
+
+def knn_curve(runs: Mapping[str, tuple[Sequence[float], Sequence[float]]], baselines: Mapping[str, float],
+              title: str) -> Figure:
+    """kNN top-1 against epoch, a line per run ((epochs, top-1) each), the baselines as horizontal lines."""
+    figure = Figure(figsize=(6.4, 4.2), dpi=100, layout="constrained")
+    ax = figure.subplots()
+    for index, (run, (epochs, top1)) in enumerate(runs.items()):
+        ax.plot(epochs, top1, color=f"C{index}", marker="o" if len(epochs) <= 30 else None, markersize=3,
+                label=run)
+    for index, (name, top1) in enumerate(baselines.items()):
+        ax.axhline(top1, color="0.4", linestyle=("--", ":", "-.")[index % 3], linewidth=1, label=name)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("epoch", fontsize=8)
+    ax.set_ylabel("kNN top-1", fontsize=8)
+    ax.tick_params(labelsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return figure
 
 
 # --- embedding map --------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 from sslx import data, parallel
 from sslx.checkpoint import Checkpointer
 from sslx.config import base_config, eval_config
-from sslx.evaluators import common, linear, subsets
+from sslx.evaluators import baselines, common, linear, subsets
 from sslx.evaluators.encoders import embed, load_pretrained
 from sslx.methods import build_method
 from sslx.stages import linear_eval
@@ -126,3 +126,33 @@ def test_bad_pretrained_workdirs_name_the_path(tmp_path):
     (tmp_path / "config.json").write_text(config.to_json_best_effort())
     with pytest.raises(ValueError, match=r"checkpoints/3 has \['.*of shape .*another architecture"):
         load_pretrained(str(tmp_path), None, mesh)
+
+
+def test_baseline_features_are_the_pixels_or_the_architecture_at_a_random_init(tmp_path):
+    """`config.baseline` swaps the pretrained encoder for a baseline built from its config.json."""
+    config = tiny_config()
+    method, state = save_pretraining(tmp_path, config)
+    mesh = parallel.make_mesh()
+    pretrained = load_pretrained(str(tmp_path), None, mesh)
+    images = jax.random.uniform(jax.random.key(1), (4, 8, 8, 3))
+    evaluation = eval_config()
+    evaluation.baseline, evaluation.pixel_size = "pixels", 8
+    apply, variables = baselines.frozen_features(evaluation, pretrained, mesh)
+    np.testing.assert_array_equal(apply(variables, images), images.reshape(4, -1))
+    evaluation.baseline = "random_init"
+    apply, variables = baselines.frozen_features(evaluation, pretrained, mesh)
+    features = apply(variables, images)
+    trained = jax.jit(method.encode)(state.params, state.batch_stats, images)
+    assert features.shape == trained.shape and not np.allclose(features, trained)
+    # Every residual branch is on: the features change when any pixel does, not only the stem's few positions.
+    moved = apply(variables, images.at[:, 7, 7, :].add(1.0))
+    assert not np.allclose(moved, features)
+
+
+@pytest.mark.parametrize("baseline, head_layer, message", [("noise", 0, r"config\.baseline='noise' is not one"),
+                                                           ("pixels", 1, r"leave config\.head_layer 0")])
+def test_bad_baselines_are_one_line_errors(baseline, head_layer, message):
+    config = eval_config()
+    config.pretrained, config.baseline, config.head_layer = "/somewhere", baseline, head_layer
+    with pytest.raises(ValueError, match=message):
+        linear_eval.validate(config)

@@ -88,10 +88,24 @@ def labelled_batches(data_cfg, split: str, indices: np.ndarray | None, global_ba
                                     start=start, first_batch=first_batch)
 
 
-def base_results(stage: str, pretrained: Pretrained, split: str, num_labelled: int) -> dict[str, Any]:
-    return {"stage": stage, "pretrained": str(pretrained.workdir), "step": pretrained.step, "split": split,
-            "num_labelled": int(num_labelled), "model": pretrained.config.model.name,
-            "method": pretrained.config.get("method", "")}
+def base_results(stage: str, pretrained: Pretrained, split: str, num_labelled: int,
+                 baseline: str = "") -> dict[str, Any]:
+    """The fields every evaluation's results.json starts with; `baseline` names baseline features, if any."""
+    results = {"stage": stage, "pretrained": str(pretrained.workdir), "step": pretrained.step, "split": split,
+               "num_labelled": int(num_labelled), "model": pretrained.config.model.name,
+               "method": pretrained.config.get("method", "")}
+    if baseline:
+        results["baseline"] = baseline
+    return results
+
+
+def features_title(config: ml_collections.ConfigDict, pretrained: Pretrained) -> str:
+    """What an evaluation reads its features from, for logs and plot titles."""
+    if config.get("baseline") == "pixels":
+        return f"raw pixels (at most {config.pixel_size} px a side)"
+    if config.get("baseline") == "random_init":
+        return f"{pretrained.config.model.name} at a random initialisation"
+    return f"{pretrained.config.get('method', '')} step {pretrained.step}"
 
 
 def finish(workdir: paths.PathLike, results: dict[str, Any], started: float) -> dict[str, Any]:

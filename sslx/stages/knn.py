@@ -8,8 +8,8 @@ import ml_collections
 
 from sslx import data, metrics, parallel, paths, plots
 from sslx import workdir as workdir_lib
-from sslx.evaluators import common
-from sslx.evaluators.encoders import check_head_layer, embed, load_pretrained
+from sslx.evaluators import baselines, common
+from sslx.evaluators.encoders import check_head_layer, load_pretrained
 from sslx.evaluators.knn import knn_classify
 
 
@@ -20,6 +20,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.knn.ks={config.knn.ks} must be positive neighbour counts")
     if config.knn.temperature <= 0:
         raise ValueError(f"config.knn.temperature={config.knn.temperature} must be positive")
+    baselines.check_baseline(config)
 
 
 def run_knn(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -32,18 +33,19 @@ def run_knn(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     check_head_layer(pretrained.config, config.head_layer, "config.head_layer")
     data_cfg = common.data_config(config, pretrained.config)
     info = common.check_labelled(data_cfg, data_cfg.train_split)
-    metrics.log(f"kNN (k {tuple(config.knn.ks)}, T {config.knn.temperature}) of {pretrained.workdir} step "
-                f"{pretrained.step} on {data_cfg.name}")
-    fn = lambda images: embed(pretrained.config, pretrained.variables, images, config.head_layer)  # noqa: E731
+    title = common.features_title(config, pretrained)
+    metrics.log(f"kNN (k {tuple(config.knn.ks)}, T {config.knn.temperature}) of {title} ({pretrained.workdir}) on "
+                f"{data_cfg.name}")
+    apply, variables = baselines.frozen_features(config, pretrained, mesh)
+    fn = lambda images: apply(variables, images)  # noqa: E731
     train = common.split_features(fn, data_cfg, data_cfg.train_split, mesh, config.eval_batch_size)
     test = common.split_features(fn, data_cfg, data_cfg.eval_split, mesh, config.eval_batch_size)
     scores = knn_classify(*train, *test, info.num_classes, mesh, ks=tuple(config.knn.ks),
                           temperature=config.knn.temperature, query_chunk=config.knn.query_chunk)
-    plots.write_embedding_map(workdir, *test, f"{pretrained.config.get('method', '')} step {pretrained.step}",
-                              step=pretrained.step, max_points=config.embedding_map_points,
+    plots.write_embedding_map(workdir, *test, title, step=pretrained.step, max_points=config.embedding_map_points,
                               class_names=data.class_names(data_cfg, data_cfg.eval_split))
     first = config.knn.ks[0]
-    results = common.base_results("knn", pretrained, data_cfg.eval_split, len(train[1]))
+    results = common.base_results("knn", pretrained, data_cfg.eval_split, len(train[1]), config.baseline)
     results.update(scores, top1=scores[f"k{first}_top1"], top5=scores[f"k{first}_top5"], k=first,
                    temperature=config.knn.temperature)
     return common.finish(paths.as_path(workdir), results, started)

@@ -22,8 +22,8 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from sslx import data, metrics, parallel, paths, plots
 from sslx import workdir as workdir_lib
-from sslx.evaluators import common, linear, subsets
-from sslx.evaluators.encoders import Pretrained, check_head_layer, embed, load_pretrained
+from sslx.evaluators import baselines, common, linear, subsets
+from sslx.evaluators.encoders import check_head_layer, load_pretrained
 from sslx.parallel import BATCH_AXIS
 
 MODES = ("protocol", "fast")
@@ -44,17 +44,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
                          "(0.08: SimCLR's crops; 1: flips only)")
     if config.linear.epochs <= 0:
         raise ValueError(f"config.linear.epochs={config.linear.epochs} must be positive")
+    baselines.check_baseline(config)
 
 
-def make_probe_step(pretrained: Pretrained, head_layer: int, standardize: Callable,
-                    optimizer: optax.GradientTransformation, mesh: Mesh) -> Callable:
-    """`(classifier, opt_state, variables, batch) -> (classifier, opt_state, loss)` per replica over the mesh.
+def make_probe_step(apply: Callable, standardize: Callable, optimizer: optax.GradientTransformation,
+                    mesh: Mesh) -> Callable:
+    """`(classifier, opt_state, variables, batch) -> (classifier, opt_state, loss)` per replica over the mesh;
+    `apply(variables, images)` gives the frozen features.
 
     The encoder variables are an argument, not a closure: closed-over arrays would be baked into the program.
     """
 
     def per_replica(classifier, opt_state, variables, batch):
-        features = standardize(lax.stop_gradient(embed(pretrained.config, variables, batch["image"], head_layer)))
+        features = standardize(lax.stop_gradient(apply(variables, batch["image"])))
 
         def global_loss(params):
             return lax.pmean(linear.classifier_loss(params, features, batch["label"]), BATCH_AXIS)
@@ -78,13 +80,13 @@ class LinearEval:
         parallel.check_divisible(config.linear.batch_size, self.mesh.size, "config.linear.batch_size")
         self.pretrained = load_pretrained(config.pretrained, config.step, self.mesh)
         check_head_layer(self.pretrained.config, config.head_layer, "config.head_layer")
+        self.apply, self.variables = baselines.frozen_features(config, self.pretrained, self.mesh)
         self.data = common.data_config(config, self.pretrained.config)
         self.info = common.check_labelled(self.data, self.data.train_split)
         self.num_classes = self.info.num_classes
 
     def features(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        fn = lambda images: embed(self.pretrained.config, self.pretrained.variables, images,  # noqa: E731
-                                  self.config.head_layer)
+        fn = lambda images: self.apply(self.variables, images)  # noqa: E731
         return common.split_features(fn, self.data, split, self.mesh, self.config.eval_batch_size)
 
     def fit_standardizer(self, train_features: np.ndarray) -> None:
@@ -106,14 +108,13 @@ class LinearEval:
     def feature_dim(self) -> int:
         size = self.data.image_size
         images = jax.ShapeDtypeStruct((1, size, size, 3), np.float32)
-        return jax.eval_shape(lambda x: embed(self.pretrained.config, self.pretrained.variables, x,
-                                              self.config.head_layer), images).shape[1]
+        return jax.eval_shape(lambda x: self.apply(self.variables, x), images).shape[1]
 
     def train_protocol(self, indices: np.ndarray | None, num_train: int, base_lr: float) -> dict[str, jax.Array]:
         """Classifier trained on augmented crops of `indices` (None: all of train) through the frozen encoder."""
         cfg = self.config.linear
         optimizer = self.optimizer(base_lr, num_train)
-        step_fn = make_probe_step(self.pretrained, self.config.head_layer, self.standardize, optimizer, self.mesh)
+        step_fn = make_probe_step(self.apply, self.standardize, optimizer, self.mesh)
         classifier = parallel.replicate(linear.init_classifier(self.feature_dim(), self.num_classes), self.mesh)
         opt_state = parallel.replicate(optimizer.init(classifier), self.mesh)
         total = self.total_steps(num_train)
@@ -124,7 +125,7 @@ class LinearEval:
         for step in range(1, total + 1):
             batch = next(batches)
             batch = parallel.shard_batch({"image": batch["image"], "label": batch["label"]}, self.mesh)
-            classifier, opt_state, loss = step_fn(classifier, opt_state, self.pretrained.variables, batch)
+            classifier, opt_state, loss = step_fn(classifier, opt_state, self.variables, batch)
             if step % log_every == 0 or step == total:
                 metrics.log(progress.line(step, float(loss)))
         return classifier
@@ -162,7 +163,8 @@ def run_linear_eval(config: ml_collections.ConfigDict, workdir: str) -> dict[str
     workdir_lib.check_writable(workdir)  # before the features: a bad --workdir costs nothing
     run = LinearEval(config)
     cfg = config.linear
-    metrics.log(f"linear eval ({cfg.mode}) of {run.pretrained.workdir} step {run.pretrained.step} on "
+    metrics.log(f"linear eval ({cfg.mode}) of {common.features_title(config, run.pretrained)} "
+                f"({run.pretrained.workdir}) on "
                 f"{run.data.name}: {cfg.epochs} epochs, batch {cfg.batch_size}, rates {tuple(cfg.learning_rates)}")
     features, labels = run.features(run.data.train_split)
     run.fit_standardizer(features)
@@ -174,11 +176,12 @@ def run_linear_eval(config: ml_collections.ConfigDict, workdir: str) -> dict[str
         classifier = run.train_protocol(None, run.info.num_examples, rate)
     test_features, test_labels = run.features(run.data.eval_split)
     test_features = np.asarray(run.standardize(test_features))
-    title = f"{run.pretrained.config.get('method', '')} step {run.pretrained.step}"
+    title = common.features_title(config, run.pretrained)
     plots.write_embedding_map(workdir, test_features, test_labels, title, step=run.pretrained.step,
                               max_points=config.embedding_map_points,
                               class_names=data.class_names(run.data, run.data.eval_split))
-    results = common.base_results("linear_eval", run.pretrained, run.data.eval_split, run.info.num_examples)
+    results = common.base_results("linear_eval", run.pretrained, run.data.eval_split, run.info.num_examples,
+                                  config.baseline)
     results.update(linear.classifier_accuracy(classifier, test_features, test_labels), mode=cfg.mode,
                    learning_rate=float(rate), epochs=cfg.epochs, **sweep)
     return common.finish(paths.as_path(workdir), results, started)

@@ -1,7 +1,6 @@
 """Self-supervised pretraining: one method-agnostic loop over any registered method."""
 from __future__ import annotations
 
-import functools
 import math
 import time
 from typing import Callable
@@ -15,11 +14,10 @@ from sslx import data, metrics, optim, parallel, paths, plots, resume
 from sslx import workdir as workdir_lib
 from sslx.checkpoint import Checkpointer
 from sslx.data import device_augment
-from sslx.evaluators import periodic
+from sslx.evaluators import baselines, periodic
 from sslx.evaluators.features import extract_features
 from sslx.evaluators.linear import linear_probe
 from sslx.methods import Method, build_method
-from sslx.methods.base import build_encoder
 from sslx.train import TrainState, create_train_state, make_train_step
 
 
@@ -143,36 +141,6 @@ def probe_accuracy(run: Pretraining, encode: Callable[[jax.Array], jax.Array]) -
                         l2=config.eval.probe_l2, steps=config.eval.probe_steps)
 
 
-def random_init_encode(run: Pretraining) -> Callable[[jax.Array], jax.Array]:
-    """The encoder at a random initialisation, with every residual branch on: random convolutional features.
-
-    Training starts each residual branch's last BN scale at 0, and the network at that init is only its
-    stem and projection shortcuts, 1x1 stride-2 convs: after ResNet-18's three strided stages it keeps one
-    stem position in 8 along each side, on the quickstart's 8 px digits the top-left corner alone (86
-    distinct feature rows over 1,500 digits, probe top-1 0.17, against 0.86-0.90 with the branches on).
-    """
-    model_cfg = ml_collections.ConfigDict(run.config.model.to_dict())
-    model_cfg.zero_init_residual = False
-    encoder = build_encoder(model_cfg, None)
-    size = run.config.data.image_size
-    variables = jax.jit(functools.partial(encoder.init, train=False))(run.init_rng, jnp.zeros((2, size, size, 3)))
-    return lambda images: encoder.apply(variables, images, train=False)
-
-
-def pixels_encode(max_size: int) -> Callable[[jax.Array], jax.Array]:
-    """The raw pixels as features, resized (anti-aliased) to at most `max_size` a side."""
-
-    def encode(images: jax.Array) -> jax.Array:
-        n, height, width, channels = images.shape
-        if max(height, width) > max_size:
-            scale = max_size / max(height, width)
-            images = jax.image.resize(images, (n, round(height * scale), round(width * scale), channels),
-                                      "linear", antialias=True)
-        return images.reshape(n, -1)
-
-    return encode
-
-
 def evaluate(run: Pretraining, state: TrainState) -> dict[str, float]:
     """Linear probe of the learned encoder next to two baselines on the same split and probe: the raw pixels
     (config.eval.pixel_probe_size > 0) and the encoder at a random initialisation."""
@@ -180,16 +148,17 @@ def evaluate(run: Pretraining, state: TrainState) -> dict[str, float]:
         return {}
     start = time.perf_counter()
     encoders = {"": lambda images: run.method.encode(state.params, state.batch_stats, images),
-                "random_init_": random_init_encode(run)}
+                "random_init_": baselines.random_init_encode(run.config.model, run.config.data.image_size,
+                                                             run.init_rng)}
     if run.config.eval.pixel_probe_size > 0:
-        encoders["pixels_"] = pixels_encode(run.config.eval.pixel_probe_size)
+        encoders["pixels_"] = baselines.pixels_encode(run.config.eval.pixel_probe_size)
     results = {}
     for prefix, encode in encoders.items():
         top = probe_accuracy(run, encode)
         results.update({f"{prefix}linear_probe_top1": top["top1"], f"{prefix}linear_probe_top5": top["top5"]})
-    baselines = ", ".join(f"{name}: {results[f'{prefix}linear_probe_top1']:.4f}" for prefix, name in
+    compared = ", ".join(f"{name}: {results[f'{prefix}linear_probe_top1']:.4f}" for prefix, name in
                           (("random_init_", "random-init encoder"), ("pixels_", "raw pixels")) if prefix in encoders)
-    metrics.log(f"linear probe top-1: {results['linear_probe_top1']:.4f} ({baselines}) "
+    metrics.log(f"linear probe top-1: {results['linear_probe_top1']:.4f} ({compared}) "
                 f"in {time.perf_counter() - start:.0f} s")
     return results
 

@@ -24,6 +24,18 @@ def get_config():
     c.pretrain.eval = {"linear_probe": False, "knn_train_examples": 10000, "batch_size": 1000}
     c.pretrain.log_every_steps = 25
     c.pretrain.checkpoint_every_steps = 100
+    # Heads sized to the 128-d encoder (the recipes' 2048-4096 wide heads would cost more than the encoder);
+    # EMA targets at 0.9 and the SGD recipes' rates raised, so keys and targets follow within one epoch.
+    narrow = {"hidden_dim": 512, "out_dim": 128}
+    wide = {"hidden_dim": 512, "out_dim": 512}
+    c.method_overrides = {
+        "byol": {"head": narrow, "predictor": {"hidden_dim": 512}, "byol": {"tau_base": 0.9}},
+        "mocov2": {"moco": {"momentum": 0.9}, "optim": {"base_lr": 0.3}},
+        "mocov3": {"head": narrow, "predictor": {"hidden_dim": 512}, "moco": {"momentum": 0.9}},
+        "simsiam": {"head": wide, "predictor": {"hidden_dim": 128}, "optim": {"base_lr": 0.1}},
+        "barlow_twins": {"head": wide},
+        "vicreg": {"head": wide},
+    }
     c.knn_every_epochs = 0.5
     c.eval.eval_batch_size = 1000
     c.eval.pixel_size = 16

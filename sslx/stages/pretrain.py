@@ -19,7 +19,7 @@ from sslx.evaluators import periodic
 from sslx.evaluators.features import extract_features
 from sslx.evaluators.linear import linear_probe
 from sslx.methods import Method, build_method
-from sslx.methods.base import build_encoder
+from sslx.models import build_encoder
 from sslx.train import TrainState, create_train_state, make_train_step
 
 

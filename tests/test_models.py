@@ -8,8 +8,8 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sslx.config import base_config
-from sslx.models import (BasicBlock, BottleneckBlock, LinearClassifier, ProjectionHead, ResNet, build_encoder,
-                         feature_dim, make_head)
+from sslx.models import (BasicBlock, BottleneckBlock, DinoHead, LinearClassifier, ProjectionHead, ResNet,
+                         build_encoder, feature_dim, make_head)
 
 SK_RATIO = 0.0625  # SimCLRv2's setting
 # Each test compiles a few small programs once: skip XLA's LLVM optimisation, which dominates their cost on CPU.
@@ -200,3 +200,27 @@ def test_linear_classifier_starts_near_uniform_logits():
     assert logits.shape == (4, 10) and logits.dtype == jnp.float32
     assert float(np.abs(logits).max()) < 0.5
 
+
+@pytest.mark.parametrize("learn_last_scale", [False, True])
+def test_dino_head_ends_in_a_weight_normalised_layer(learn_last_scale):
+    head = DinoHead(out_dim=10, hidden_dim=16, bottleneck_dim=8, num_layers=3, learn_last_scale=learn_last_scale)
+    features = normal(4, 12)
+    variables = jit(functools.partial(head.init, train=False))(jax.random.key(0), features)
+    logits, hiddens = jit(functools.partial(head.apply, train=False))(variables, features)
+    assert [h.shape[-1] for h in hiddens] == [12, 16, 16, 8, 8, 10] and logits.dtype == jnp.float32
+    last = variables["params"]["last_layer"]
+    assert set(last) == ({"kernel", "scale"} if learn_last_scale else {"kernel"})   # the norm g: frozen at 1
+    direction = np.asarray(last["kernel"])
+    bottleneck = np.asarray(hiddens[3]) / np.linalg.norm(hiddens[3], axis=-1, keepdims=True)
+    np.testing.assert_allclose(hiddens[4], bottleneck, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logits, bottleneck @ (direction / np.linalg.norm(direction, axis=0)), rtol=1e-4,
+                               atol=1e-6)
+    # Only each column's direction matters: rescaling it changes nothing, and its gradient is orthogonal to it.
+    rescaled = jax.tree.map(lambda x: x, variables)
+    rescaled["params"]["last_layer"]["kernel"] = direction * np.linspace(0.5, 3.0, 10, dtype=np.float32)
+    np.testing.assert_allclose(jit(functools.partial(head.apply, train=False))(rescaled, features)[0], logits,
+                               rtol=1e-4, atol=1e-6)
+    grads = jax.grad(lambda v: jnp.sum(head.apply(v, features, train=False)[0] ** 3))(variables)
+    kernel_grad = np.asarray(grads["params"]["last_layer"]["kernel"])
+    assert np.abs(kernel_grad).max() > 1e-4
+    np.testing.assert_allclose(np.sum(kernel_grad * direction, axis=0), 0.0, atol=1e-6)

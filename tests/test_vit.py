@@ -99,6 +99,18 @@ def test_bad_sizes_are_one_line_errors_naming_the_key():
         models.build_encoder(vit_model_config(image_size=30))
 
 
+def test_remat_wraps_each_vit_block_and_keeps_its_parameters():
+    plain = models.build_encoder(vit_model_config(**TINY_VIT))
+    remat_cfg = vit_model_config(**TINY_VIT)
+    remat_cfg.remat = True
+    remat = models.build_encoder(remat_cfg)
+    images = jnp.zeros((2, 8, 8, 3))
+    shapes = jax.eval_shape(lambda: plain.init(jax.random.key(0), images, train=False))
+    assert jax.eval_shape(lambda: remat.init(jax.random.key(0), images, train=False)) == shapes
+    variables = jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), shapes)
+    assert str(jax.make_jaxpr(lambda v: remat.apply(v, images, train=True))(variables)).count("remat") == 2
+
+
 def vit_method_config(method):
     """test_methods' tiny config with a 2-block ViT of 2 px patches (a 2x2 grid on its 4 px views, embeddings made
     for 8 px and resized), so the step's collectives run with an encoder without BatchNorm."""

@@ -17,7 +17,7 @@ from sslx import export, models
 from sslx.config import base_config, eval_config
 from sslx.methods import build_method
 from sslx.models.vit import ViT, resize_position_embeddings
-from sslx.stages import finetune, knn, linear_eval
+from sslx.stages import distill, finetune, knn, linear_eval
 from test_methods import batch, run_steps, tiny_config
 from test_pretrain import REPO
 
@@ -176,7 +176,7 @@ def eval_cfg(pretrained):
     return c
 
 
-def test_linear_eval_knn_and_finetune_run_on_the_vit_checkpoint(vit_pretrained, tmp_path):
+def test_linear_eval_knn_finetune_and_distill_run_on_the_vit_checkpoint(vit_pretrained, tmp_path):
     root, _ = vit_pretrained
     for method in ("simclr", "byol"):
         config = eval_cfg(root / method)
@@ -185,6 +185,12 @@ def test_linear_eval_knn_and_finetune_run_on_the_vit_checkpoint(vit_pretrained, 
         assert 0.1 < linear["top1"] <= 1.0 and 0.1 < neighbours["top1"] <= 1.0, (method, linear, neighbours)
     tuned = finetune.run_finetune(eval_cfg(root / "simclr"), str(tmp_path / "finetune"))
     assert tuned["finetune_steps"] > 0 and 0.0 <= tuned["top1"] <= 1.0
+    # SimCLRv2's distillation of that fine-tuned ViT (no BatchNorm anywhere) into a ViT student.
+    config = distill.distill_config()
+    config.teacher, config.eval_batch_size = str(tmp_path / "finetune"), 304
+    config.distill.batch_size, config.distill.total_steps, config.distill.log_every_steps = 64, 2, 1
+    distilled = distill.run_distill(config, str(tmp_path / "distill"))
+    assert distilled["step"] == 2 and distilled["model"] == "vit_ti4" and 0.0 <= distilled["top1"] <= 1.0
 
 
 def test_the_vit_workdir_embeds_and_exports_without_batch_stats(vit_pretrained, tmp_path):

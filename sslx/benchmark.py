@@ -74,7 +74,7 @@ def plain_flax_step_seconds(config, batch: dict, steps: int) -> float:
     import jax.numpy as jnp
     import optax
     from sslx.losses import nt_xent
-    from sslx.methods.base import build_encoder, build_head
+    from sslx.models import build_encoder, build_head
 
     encoder, head = build_encoder(config.model, None), build_head(config, None)
 

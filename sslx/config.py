@@ -75,15 +75,21 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "resnet18"
+    # ResNets (resnet18 ... resnet200) read width .. zero_init_residual; bn and bn_momentum also set the heads' BN.
     c.model.width = 1.0
     c.model.cifar_stem = True
     c.model.sk_ratio = 0.0
     c.model.bn = "global"         # global: statistics over all replicas; replica: per device
     c.model.bn_momentum = 0.9
     c.model.dtype = "float32"     # compute dtype; params and the loss stay float32
-    c.model.remat = False         # recompute each ResNet block in the backward pass instead of storing it
+    c.model.remat = False         # recompute each encoder block (ResNet or ViT) in the backward pass
     c.model.tf_pooling = False    # pool as SimCLR's TF ResNet (set by sslx-import-simclr; see sslx/models/resnet.py)
     c.model.zero_init_residual = True  # each residual branch's last BN scale starts at 0 (Goyal et al. 2017)
+    # ViTs (model.name vit_s16 | vit_b16 | vit_ti4) read only this section (besides name, dtype, remat); each field
+    # <= 0 keeps the named variant's value (see sslx/models/vit.py); image_size: the side the learned position
+    # embeddings are made for (other input sizes resize them).
+    c.model.vit = ml_collections.ConfigDict({"patch_size": -1, "hidden_dim": -1, "depth": -1, "num_heads": -1,
+                                             "mlp_dim": -1, "image_size": -1})
 
     c.head = ml_collections.ConfigDict()
     c.head.version = "v1"

@@ -26,7 +26,7 @@ from jax.experimental import jax2tf
 from sslx.data import augment
 from sslx.encoder import Encoder, load_encoder
 from sslx.evaluators.encoders import EncoderWithHead, embed
-from sslx.methods.base import build_encoder, build_head
+from sslx.models import build_encoder, build_head
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 
@@ -34,16 +34,18 @@ PLATFORMS = ("cpu", "cuda", "tpu")
 def exported_variables(encoder: Encoder, with_head: bool) -> dict[str, Any]:
     """Host copies of the variables the export needs: the encoder's, or {'encoder', 'head'} with the head."""
     variables = jax.device_get(encoder.pretrained.variables)
-    if with_head:
-        return {collection: {part: tree[part] for part in ("encoder", "head")}
+    parts = ("encoder", "head") if with_head else ("encoder",)
+    # A part without BatchNorm (a ViT encoder) has no batch_stats, and a collection without any is left out.
+    exported = {collection: {part: tree[part] for part in parts if part in tree}
                 for collection, tree in variables.items()}
-    return {collection: tree["encoder"] for collection, tree in variables.items()}
+    exported = {collection: tree for collection, tree in exported.items() if tree}
+    return exported if with_head else {collection: tree["encoder"] for collection, tree in exported.items()}
 
 
 def describe(encoder: Encoder, with_head: bool, variables: dict[str, Any]) -> dict[str, Any]:
     """model.json: what another framework needs to rebuild the network and feed it."""
     config = encoder.config
-    resnet = build_encoder(config.model, None)
+    backbone = build_encoder(config.model, None)
     head = build_head(config, None)
     return {
         "format": "sslx-export/1",
@@ -55,13 +57,8 @@ def describe(encoder: Encoder, with_head: bool, variables: dict[str, Any]) -> di
                     "modules": "encoder and head" if with_head else "encoder",
                     "shapes": {name: list(value.shape) for name, value in flatten(variables).items()}},
         "architecture": {
-            "encoder": {"name": config.model.name, "stage_sizes": list(resnet.stage_sizes),
-                        "block": resnet.block.__name__, "width": config.model.width,
-                        "cifar_stem": config.model.cifar_stem, "sk_ratio": config.model.sk_ratio,
-                        "version": "ResNet v1.5 (stride on the 3x3 conv); see sslx/models/resnet.py",
-                        "padding": "symmetric (kernel - 1) // 2", "batch_norm_epsilon": resnet.bn_epsilon,
-                        "feature_dim": resnet.feature_dim},
-            "head": {"num_layers": head.num_layers, "hidden_dim": head.hidden_dim or resnet.feature_dim,
+            "encoder": {"name": config.model.name, **backbone.describe()},
+            "head": {"num_layers": head.num_layers, "hidden_dim": head.hidden_dim or backbone.feature_dim,
                      "out_dim": head.out_dim, "use_bn": head.use_bn, "final_bn": head.final_bn,
                      "batch_norm_epsilon": head.bn_epsilon} if with_head else None,
         },

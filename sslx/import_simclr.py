@@ -45,7 +45,7 @@ from sslx import models
 from sslx.checkpoint import Checkpointer
 from sslx.config import base_config
 from sslx.methods import build_method
-from sslx.methods.base import build_head
+from sslx.models import build_head
 
 DEPTHS = {(3, 4, 6, 3): 50, (3, 4, 23, 3): 101, (3, 8, 36, 3): 152, (3, 24, 36, 3): 200}
 SK_MIN_DIM = 32
@@ -328,7 +328,7 @@ def convert(source: Source, arch: Architecture, config: ml_collections.ConfigDic
 
 def fresh_head(config: ml_collections.ConfigDict) -> dict[tuple[str, ...], np.ndarray]:
     """A randomly initialised projection head, for checkpoints released without theirs (SimCLR v1)."""
-    features = jnp.zeros((1, models.feature_dim(config.model.name, config.model.width)))
+    features = jnp.zeros((1, models.feature_dim(config.model)))
     variables = jax.device_get(build_head(config, None).init(jax.random.key(0), features, train=False))
     return {(collection, "head", *k): v for collection, tree in variables.items()
             for k, v in traverse_util.flatten_dict(tree).items()}
@@ -336,7 +336,7 @@ def fresh_head(config: ml_collections.ConfigDict) -> dict[tuple[str, ...], np.nd
 
 def head_width(config: ml_collections.ConfigDict, layer: int) -> int:
     """Width of hiddens[layer]: the encoder's features (0) or a hidden projection-head layer."""
-    features = models.feature_dim(config.model.name, config.model.width)
+    features = models.feature_dim(config.model)
     return features if layer == 0 or config.head.hidden_dim <= 0 else config.head.hidden_dim
 
 

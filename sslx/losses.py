@@ -406,3 +406,125 @@ def distillation(student_logits: jax.Array, teacher_logits: jax.Array, *, temper
     targets = jax.nn.softmax(lax.stop_gradient(teacher_logits).astype(jnp.float32) / temperature, axis=-1)
     log_probs = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
     return temperature ** 2 * jnp.mean(-jnp.sum(targets * log_probs, axis=-1))
+
+
+def _check_crops(student: jax.Array, teacher: jax.Array) -> None:
+    """Per-crop outputs [crops, n, K]: the student's of every crop, the teacher's (or the assigned) crops first."""
+    chex.assert_rank([student, teacher], 3)
+    chex.assert_type([student, teacher], float)
+    chex.assert_equal_shape([student[0], teacher[0]])
+    if teacher.shape[0] > student.shape[0]:
+        raise ValueError(f"{teacher.shape[0]} teacher crops for {student.shape[0]} student crops: the teacher's "
+                         f"crops must be the student's first ones")
+
+
+def _cross_crop_entropy(targets: jax.Array, student: jax.Array, temperature: float) -> jax.Array:
+    """Mean over the pairs (target crop t, student crop s != t) of mean_i [-sum_k targets[t,i,k] log p_s[i,k]],
+    p_s = softmax(student[s] / temperature): the swapped prediction of DINO and SwAV (target crop t is student
+    crop t, so a crop never predicts its own target)."""
+    log_probs = jax.nn.log_softmax(student.astype(jnp.float32) / temperature, axis=-1)   # [S, n, K]
+    cross = -jnp.einsum("tik,sik->tsi", targets, log_probs).mean(axis=-1)                  # [T, S]
+    pairs = jnp.arange(targets.shape[0])[:, None] != jnp.arange(student.shape[0])[None, :]
+    return jnp.sum(jnp.where(pairs, cross, 0.0)) / jnp.sum(pairs)
+
+
+class DinoOutput(NamedTuple):
+    loss: jax.Array              # scalar, mean over this replica's examples and the crop pairs
+    center: jax.Array            # [K] the updated center (no gradient), the same on every replica
+    teacher_entropy: jax.Array   # mean entropy (nats) of the teacher's sharpened distribution: 0 = collapse to one
+
+
+def dino_center(center: jax.Array, teacher: jax.Array, *, momentum: float,
+                axis_name: str | None = None) -> jax.Array:
+    """DINO's center update c <- m c + (1 - m) mean(teacher outputs), the mean over every teacher crop of the global
+    batch (all-reduced over `axis_name`, as DINO's reference all-reduces it), so every replica holds one center."""
+    batch_center = _global_mean(lax.stop_gradient(teacher).astype(jnp.float32).reshape(-1, teacher.shape[-1]),
+                                axis_name)
+    return momentum * center + (1.0 - momentum) * batch_center
+
+
+def dino(student: jax.Array, teacher: jax.Array, center: jax.Array, *, student_temperature: float,
+         teacher_temperature: float | jax.Array, center_momentum: float,
+         axis_name: str | None = None) -> DinoOutput:
+    """DINO's loss (Caron et al. 2021, eq. 1 and alg. 1) and the next center.
+
+    student: [S, n, K] head outputs of every crop (the global crops first); teacher: [T, n, K] the EMA teacher's
+    outputs of the T global crops. The teacher's distribution is centered and sharpened, softmax((t - center) /
+    teacher_temperature), and gets no gradient; each teacher crop is predicted by every student crop but its own:
+        L = mean_{t, s != t} mean_i H(P_t(i), softmax(student[s, i] / student_temperature)).
+    Per example given the center, so this replica's mean; the mean over replicas equals the global batch's value.
+    `teacher_temperature` may be a traced scalar (DINO warms it up over the first epochs).
+    """
+    _check_crops(student, teacher)
+    chex.assert_shape(center, (teacher.shape[-1],))
+    centered = lax.stop_gradient(teacher).astype(jnp.float32) - center
+    targets = jax.nn.softmax(centered / teacher_temperature, axis=-1)
+    entropy = -jnp.mean(jnp.sum(targets * jnp.log(jnp.maximum(targets, 1e-30)), axis=-1))
+    return DinoOutput(_cross_crop_entropy(targets, student, student_temperature),
+                      dino_center(center, teacher, momentum=center_momentum, axis_name=axis_name),
+                      lax.stop_gradient(entropy))
+
+
+def _rows_logsumexp(x: jax.Array, axis_name: str | None) -> jax.Array:
+    """log sum_i exp(x[i, k]) over the rows of every replica, [1, K]."""
+    top = jnp.max(x, axis=0, keepdims=True)
+    top = top if axis_name is None else lax.pmax(top, axis_name)
+    total = jnp.sum(jnp.exp(x - top), axis=0, keepdims=True)
+    return top + jnp.log(total if axis_name is None else lax.psum(total, axis_name))
+
+
+def sinkhorn(scores: jax.Array, *, epsilon: float, iterations: int, axis_name: str | None = None) -> jax.Array:
+    """Soft equipartitioned assignments of rows to prototypes: SwAV's Sinkhorn-Knopp (Caron et al. 2020, eq. 3).
+
+    scores [m, K] (row i's similarity to each prototype) -> Q [m, K], Q = diag(u) exp(scores / epsilon) diag(v)
+    with every row summing to 1 and, as the iterations converge, every prototype to B / K of the B rows of the
+    global batch: the prototype sums run over every replica's rows (psum over `axis_name`), as in SwAV's
+    `distributed_sinkhorn`. The last step normalises the rows, so those sums are exact. No gradient.
+    The iterations run on log Q: the same Q as SwAV's, where exp(scores / epsilon) itself would overflow or
+    underflow float32 (|scores| / epsilon beyond ~87, e.g. cosines at epsilon 0.01).
+    """
+    chex.assert_rank(scores, 2)
+    log_q = lax.stop_gradient(scores).astype(jnp.float32) / epsilon
+    num_rows = scores.shape[0] if axis_name is None else lax.psum(scores.shape[0], axis_name)
+    log_rows, log_prototypes = jnp.log(jnp.float32(num_rows)), jnp.log(jnp.float32(scores.shape[1]))
+
+    def iteration(_, log_q):
+        log_q = log_q - _rows_logsumexp(log_q, axis_name) - log_prototypes             # prototypes: 1/K each
+        return log_q - jax.nn.logsumexp(log_q, axis=1, keepdims=True) - log_rows       # rows: 1/B each
+
+    # SwAV first divides Q by its total; the prototype step rescales every entry anyway.
+    return jnp.exp(lax.fori_loop(0, iterations, iteration, log_q) + log_rows)
+
+
+def swav(scores: jax.Array, *, temperature: float, epsilon: float = 0.05, iterations: int = 3,
+         assign_crops: int = 2, queue_scores: jax.Array | None = None,
+         axis_name: str | None = None) -> ContrastiveOutput:
+    """SwAV's swapped prediction (Caron et al. 2020, eq. 1) over all crops.
+
+    scores: [S, n, K] every crop's normalised features times the normalised prototypes (the global crops first).
+    The codes of the first `assign_crops` crops come from `sinkhorn` over the global batch; with `queue_scores`
+    [assign_crops, q, K] (this replica's queued features of those crops times the current prototypes) the
+    assignment also runs over the queue's rows, which only help equipartition: their codes are dropped. Every
+    other crop predicts each code with softmax(scores / temperature):
+        L = mean_{a, s != a} mean_i H(Q_a(i), softmax(scores[s, i] / temperature)).
+    Per example given the codes, so this replica's mean; the mean over replicas equals the global batch's value.
+    Returns the loss; as accuracy, how often crop 1's top prototype is that of crop 0's code; as entropy, the
+    codes' mean entropy (nats).
+    """
+    chex.assert_rank(scores, 3)
+    chex.assert_type(scores, float)
+    if not 1 <= assign_crops < scores.shape[0]:
+        raise ValueError(f"swav: {assign_crops} assigned crops of {scores.shape[0]}: assign at least one crop and "
+                         f"keep at least one other to predict it")
+    n = scores.shape[1]
+    assigned = scores[:assign_crops]
+    if queue_scores is not None:
+        chex.assert_rank(queue_scores, 3)
+        chex.assert_equal_shape_prefix([queue_scores, assigned], 1)
+        assigned = jnp.concatenate([queue_scores.astype(assigned.dtype), assigned], axis=1)
+    codes = jnp.stack([sinkhorn(rows, epsilon=epsilon, iterations=iterations, axis_name=axis_name)[-n:]
+                       for rows in assigned])                                           # [A, n, K]
+    loss = _cross_crop_entropy(codes, scores, temperature)
+    accuracy = jnp.mean(jnp.argmax(scores[1], -1) == jnp.argmax(codes[0], -1))
+    entropy = -jnp.mean(jnp.sum(codes * jnp.log(jnp.maximum(codes, 1e-30)), axis=-1))
+    return ContrastiveOutput(loss, lax.stop_gradient(accuracy), lax.stop_gradient(entropy))

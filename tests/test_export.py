@@ -13,7 +13,7 @@ from sslx import cli
 from sslx.data import augment
 from sslx.evaluators.encoders import EncoderWithHead
 from sslx.export import load_weights
-from sslx.methods.base import build_encoder, build_head
+from sslx.models import build_encoder, build_head
 from test_encoder import method_config, photos, save_trained_looking
 
 

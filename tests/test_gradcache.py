@@ -16,7 +16,8 @@ import pytest
 from sslx import parallel
 from sslx.config import base_config
 from sslx.losses import nt_xent
-from sslx.methods.base import Method, build_encoder
+from sslx.methods.base import Method
+from sslx.models import build_encoder
 from sslx.train import create_train_state, make_train_step
 
 SIZE = 4

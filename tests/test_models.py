@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from sslx.models import (BasicBlock, BottleneckBlock, LinearClassifier, ProjectionHead, ResNet, build_encoder,
-                         feature_dim, make_head)
+from sslx.config import base_config
+from sslx.models import (BasicBlock, BottleneckBlock, DinoHead, LinearClassifier, ProjectionHead, ResNet,
+                         build_encoder, feature_dim, make_head)
 
 SK_RATIO = 0.0625  # SimCLRv2's setting
 # Each test compiles a few small programs once: skip XLA's LLVM optimisation, which dominates their cost on CPU.
@@ -22,6 +23,13 @@ def normal(*shape: int) -> np.ndarray:
 
 def num_params(variables) -> int:
     return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(variables["params"]))
+
+
+def model_config(name: str, **fields):
+    """base_config().model with `name` and `fields` overridden, as a recipe or the command line does."""
+    model_cfg = base_config().model
+    model_cfg.update(name=name, **fields)
+    return model_cfg
 
 
 def tiny(block, **fields) -> ResNet:
@@ -40,9 +48,9 @@ def abstract_init(model, image_size: int, batch: int = 2):
 @pytest.mark.parametrize("cifar_stem", [True, False])
 @pytest.mark.parametrize("name, base_dim", [("resnet18", 512), ("resnet50", 2048)])
 def test_feature_shapes_and_dtypes(name, base_dim, cifar_stem, width, sk_ratio):
-    model = build_encoder(name, width=width, cifar_stem=cifar_stem, sk_ratio=sk_ratio, dtype=jnp.bfloat16)
-    features, variables = abstract_init(model, 32 if cifar_stem else 64)
-    assert features.shape == (2, int(base_dim * width)) == (2, feature_dim(name, width))
+    model_cfg = model_config(name, width=width, cifar_stem=cifar_stem, sk_ratio=sk_ratio, dtype="bfloat16")
+    features, variables = abstract_init(build_encoder(model_cfg), 32 if cifar_stem else 64)
+    assert features.shape == (2, int(base_dim * width)) == (2, feature_dim(model_cfg))
     assert features.dtype == jnp.float32
     assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
 
@@ -62,14 +70,15 @@ def test_bfloat16_sk_forward_is_finite_float32():
     ("resnet50", 23_508_032),  # torchvision resnet50 without its 2,049,000-parameter fc
 ])
 def test_parameter_counts_match_torchvision(name, expected):
-    _, variables = abstract_init(build_encoder(name), 224, batch=1)
+    _, variables = abstract_init(build_encoder(model_config(name, cifar_stem=False)), 224, batch=1)
     assert num_params(variables) == expected
 
 
 def test_sk_resnet50_parameter_count_matches_simclr_v2():
     # SimCLRv2 Table 1 lists ResNet-50 (1x) with SK at 35M: the second 3x3 branch doubles the 3x3 convs' 11.3M.
     # (The ~27M often quoted is SKNet-50, whose convs are grouped as in ResNeXt.)
-    _, variables = abstract_init(build_encoder("resnet50", sk_ratio=SK_RATIO), 224, batch=1)
+    _, variables = abstract_init(build_encoder(model_config("resnet50", cifar_stem=False, sk_ratio=SK_RATIO)), 224,
+                                 batch=1)
     assert 34.5e6 < num_params(variables) < 36e6
 
 
@@ -94,7 +103,8 @@ def test_residual_branches_are_zero_at_init(block, last_bn):
 def test_random_init_features_see_the_whole_image_only_with_residual_branches_on(zero_init_residual):
     """At zero-init the network is its shortcuts; at 8 px, ResNet-18's three 1x1 stride-2 projections read the stem
     output at (0, 0) alone, which sees pixels [0:2, 0:2]. The pretraining's random-init baseline turns them on."""
-    model = build_encoder("resnet18", width=0.0625, cifar_stem=True, zero_init_residual=zero_init_residual)
+    model = build_encoder(model_config("resnet18", width=0.0625, cifar_stem=True,
+                                       zero_init_residual=zero_init_residual))
     images = normal(2, 8, 8, 3)
     variables = jit(functools.partial(model.init, train=False))(jax.random.key(0), images)
     scales = [v["block2_bn"]["scale"] for k, v in variables["params"].items() if k.startswith("stage")]
@@ -145,7 +155,7 @@ def test_global_batch_norm_matches_full_batch_and_per_replica_matches_shards():
 
 def test_unknown_encoder_names_the_config_key():
     with pytest.raises(ValueError, match=r"config\.model\.name.*resnet50"):
-        build_encoder("resnet51")
+        build_encoder(model_config("resnet51"))
 
 
 @pytest.mark.parametrize("version, hidden_dim, dims", [
@@ -189,3 +199,28 @@ def test_linear_classifier_starts_near_uniform_logits():
     assert 0.005 < float(np.std(kernel)) < 0.02
     assert logits.shape == (4, 10) and logits.dtype == jnp.float32
     assert float(np.abs(logits).max()) < 0.5
+
+
+@pytest.mark.parametrize("learn_last_scale", [False, True])
+def test_dino_head_ends_in_a_weight_normalised_layer(learn_last_scale):
+    head = DinoHead(out_dim=10, hidden_dim=16, bottleneck_dim=8, num_layers=3, learn_last_scale=learn_last_scale)
+    features = normal(4, 12)
+    variables = jit(functools.partial(head.init, train=False))(jax.random.key(0), features)
+    logits, hiddens = jit(functools.partial(head.apply, train=False))(variables, features)
+    assert [h.shape[-1] for h in hiddens] == [12, 16, 16, 8, 8, 10] and logits.dtype == jnp.float32
+    last = variables["params"]["last_layer"]
+    assert set(last) == ({"kernel", "scale"} if learn_last_scale else {"kernel"})   # the norm g: frozen at 1
+    direction = np.asarray(last["kernel"])
+    bottleneck = np.asarray(hiddens[3]) / np.linalg.norm(hiddens[3], axis=-1, keepdims=True)
+    np.testing.assert_allclose(hiddens[4], bottleneck, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logits, bottleneck @ (direction / np.linalg.norm(direction, axis=0)), rtol=1e-4,
+                               atol=1e-6)
+    # Only each column's direction matters: rescaling it changes nothing, and its gradient is orthogonal to it.
+    rescaled = jax.tree.map(lambda x: x, variables)
+    rescaled["params"]["last_layer"]["kernel"] = direction * np.linspace(0.5, 3.0, 10, dtype=np.float32)
+    np.testing.assert_allclose(jit(functools.partial(head.apply, train=False))(rescaled, features)[0], logits,
+                               rtol=1e-4, atol=1e-6)
+    grads = jax.grad(lambda v: jnp.sum(head.apply(v, features, train=False)[0] ** 3))(variables)
+    kernel_grad = np.asarray(grads["params"]["last_layer"]["kernel"])
+    assert np.abs(kernel_grad).max() > 1e-4
+    np.testing.assert_allclose(np.sum(kernel_grad * direction, axis=0), 0.0, atol=1e-6)

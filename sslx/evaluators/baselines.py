@@ -15,7 +15,7 @@ from jax.sharding import Mesh
 
 from sslx import parallel
 from sslx.evaluators.encoders import Pretrained, embed
-from sslx.methods.base import build_encoder
+from sslx.models import build_encoder
 
 BASELINES = ("pixels", "random_init")
 

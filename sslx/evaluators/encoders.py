@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 
 from sslx import models, parallel, paths
 from sslx.checkpoint import Checkpointer
-from sslx.methods.base import bn_axis, build_encoder, build_head, compute_dtype
+from sslx.models import bn_axis, build_encoder, build_head, compute_dtype, network_variables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,11 +27,11 @@ class Pretrained:
     config: ml_collections.ConfigDict   # the pretraining config
     step: int
     params: Any                         # {'encoder', 'head'}, replicated over the mesh
-    batch_stats: Any
+    batch_stats: Any                    # {} where the network has no BatchNorm (a ViT with a BN-free head)
 
     @property
     def variables(self) -> dict[str, Any]:
-        return {"params": self.params, "batch_stats": self.batch_stats}
+        return network_variables(self.params, self.batch_stats)
 
 
 class EncoderWithHead(nn.Module):
@@ -62,15 +62,21 @@ def load_pretrained(workdir: str, step: int | None, mesh: Mesh) -> Pretrained:
     size = config.data.image_size
     network = EncoderWithHead(build_encoder(config.model, None), build_head(config, None))
     shapes = jax.eval_shape(lambda: network.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
+    step, restored = restore_variables(workdir, shapes, step, mesh)
+    return Pretrained(paths.absolute(workdir), config, step, restored["params"], restored.get("batch_stats", {}))
+
+
+def restore_variables(workdir: str, shapes: dict[str, Any], step: int | None, mesh: Mesh) -> tuple[int, dict]:
+    """(step, {'params', 'batch_stats'}) of the checkpoint of `step` (None or negative: the latest) in `workdir`,
+    shaped as the network variables `shapes` (only 'params' where it has no BatchNorm), replicated on `mesh`."""
     sharding = parallel.replicated(mesh)
     like = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-                        {"params": shapes["params"], "batch_stats": shapes["batch_stats"]})
+                        {name: shapes[name] for name in ("params", "batch_stats") if name in shapes})
     checkpointer = Checkpointer(workdir, keep=1, every_steps=1)
     try:
-        step, restored = checkpointer.restore_subtree(like, None if step is None or step < 0 else step)
+        return checkpointer.restore_subtree(like, None if step is None or step < 0 else step)
     finally:
         checkpointer.close()
-    return Pretrained(paths.absolute(workdir), config, step, restored["params"], restored["batch_stats"])
 
 
 def check_head_layer(config: ml_collections.ConfigDict, layer: int, key: str) -> None:
@@ -88,8 +94,7 @@ def embed(config: ml_collections.ConfigDict, variables: dict[str, Any], images: 
     """
     if head_layer == 0:
         return build_encoder(config.model, None).apply(
-            {"params": variables["params"]["encoder"], "batch_stats": variables["batch_stats"]["encoder"]},
-            images, train=False)
+            network_variables(variables["params"], variables.get("batch_stats"), "encoder"), images, train=False)
     network = EncoderWithHead(build_encoder(config.model, None), build_head(config, None))
     return network.apply(variables, images, train=False)[1][head_layer]
 

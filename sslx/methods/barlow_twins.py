@@ -8,7 +8,8 @@ import flax.linen as nn
 import jax
 
 from sslx.losses import barlow_twins, embedding_std
-from sslx.methods.base import Method, Metrics, SSLNetwork, build_encoder, build_head
+from sslx.methods.base import Method, Metrics, SSLNetwork
+from sslx.models import build_encoder, build_head
 from sslx.parallel import BATCH_AXIS
 
 

@@ -44,47 +44,6 @@ class SSLNetwork(nn.Module):
         return out
 
 
-def compute_dtype(model_cfg: ml_collections.ConfigDict):
-    return jnp.bfloat16 if model_cfg.dtype == "bfloat16" else jnp.float32
-
-
-def bn_axis(model_cfg: ml_collections.ConfigDict, axis_name: str | None) -> str | None:
-    """Global BN reduces statistics over the replica axis; per-replica BN does not."""
-    return axis_name if model_cfg.bn == "global" else None
-
-
-def build_encoder(model_cfg: ml_collections.ConfigDict, axis_name: str | None) -> nn.Module:
-    encoder = models.build_encoder(
-        model_cfg.name, width=model_cfg.width, cifar_stem=model_cfg.cifar_stem, sk_ratio=model_cfg.sk_ratio,
-        bn_axis_name=bn_axis(model_cfg, axis_name), bn_momentum=model_cfg.bn_momentum,
-        dtype=compute_dtype(model_cfg), tf_pooling=model_cfg.get("tf_pooling", False),
-        zero_init_residual=model_cfg.get("zero_init_residual", True))
-    # Only each block's input is kept for the backward pass, which recomputes the block's insides: for
-    # about one more forward pass. Configs saved before config.model.remat (or zero_init_residual) lack the key.
-    return encoder.clone(block=nn.remat(encoder.block)) if model_cfg.get("remat", False) else encoder
-
-
-def build_head(config: ml_collections.ConfigDict, axis_name: str | None) -> nn.Module:
-    head_cfg = config.head
-    head = models.make_head(
-        head_cfg.version, hidden_dim=head_cfg.hidden_dim if head_cfg.hidden_dim > 0 else None,
-        out_dim=head_cfg.out_dim, use_bn=head_cfg.use_bn,
-        # Without BN the last layer keeps its bias (MoCo v2 and SupCon's Dense-ReLU-Dense).
-        final_bn=head_cfg.use_bn and head_cfg.final_bn,
-        bn_axis_name=bn_axis(config.model, axis_name), bn_momentum=config.model.bn_momentum,
-        dtype=compute_dtype(config.model))
-    return head.clone(num_layers=head_cfg.num_layers) if head_cfg.num_layers > 0 else head
-
-
-def build_predictor(config: ml_collections.ConfigDict, axis_name: str | None) -> nn.Module:
-    """BYOL's predictor q: an MLP from the projection back to its own width, BN on hidden layers only."""
-    pred_cfg = config.predictor
-    return models.ProjectionHead(
-        num_layers=pred_cfg.num_layers, hidden_dim=pred_cfg.hidden_dim if pred_cfg.hidden_dim > 0 else None,
-        out_dim=config.head.out_dim, final_bn=False, bn_axis_name=bn_axis(config.model, axis_name),
-        bn_momentum=config.model.bn_momentum, dtype=compute_dtype(config.model))
-
-
 def check_batch(batch: dict[str, jax.Array]) -> None:
     """The per-replica batch every method reads: two float views [n, H, W, 3] of one shape and, where the
     online probe or SupCon needs them, int labels [n] (checked at trace time, so a pipeline or view-maker change
@@ -148,8 +107,8 @@ class Method(abc.ABC):
         normalises each view on its own, as in their reference code.
         """
         out, updates = self.network(BATCH_AXIS).apply(
-            {"params": params, "batch_stats": batch_stats}, images, train=True, mutable=["batch_stats"])
-        return out, updates["batch_stats"]
+            models.network_variables(params, batch_stats), images, train=True, mutable=["batch_stats"])
+        return out, models.stats_of(updates)
 
     def embed(self, params: Any, batch_stats: Any, batch: dict[str, jax.Array]) -> tuple[Any, Any]:
         """Per-example network outputs of a (micro-)batch in train mode, and the updated BN statistics.
@@ -190,7 +149,6 @@ class Method(abc.ABC):
 
     def encode(self, params: Any, batch_stats: Any, images: jax.Array) -> jax.Array:
         """Encoder features in eval mode (running BN statistics); what the evaluators consume."""
-        encoder = build_encoder(self.config.model, None)
-        return encoder.apply({"params": params["encoder"], "batch_stats": batch_stats["encoder"]},
-                             images, train=False)
+        return models.build_encoder(self.config.model).apply(
+            models.network_variables(params, batch_stats, "encoder"), images, train=False)
 

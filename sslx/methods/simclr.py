@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from sslx.losses import nt_xent
-from sslx.methods.base import Method, Metrics, SSLNetwork, build_encoder, build_head
+from sslx.methods.base import Method, Metrics, SSLNetwork
+from sslx.models import build_encoder, build_head
 from sslx.parallel import BATCH_AXIS
 
 

@@ -11,7 +11,8 @@ import flax.linen as nn
 import jax
 
 from sslx.losses import embedding_std, simsiam_negative_cosine
-from sslx.methods.base import Method, Metrics, SSLNetwork, build_encoder, build_head, build_predictor
+from sslx.methods.base import Method, Metrics, SSLNetwork
+from sslx.models import build_encoder, build_head, build_predictor
 
 
 class SimSiam(Method):

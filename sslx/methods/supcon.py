@@ -10,7 +10,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from sslx.losses import embedding_std, supcon
-from sslx.methods.base import Method, Metrics, SSLNetwork, build_encoder, build_head
+from sslx.methods.base import Method, Metrics, SSLNetwork
+from sslx.models import build_encoder, build_head
 from sslx.parallel import BATCH_AXIS
 
 

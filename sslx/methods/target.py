@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from sslx.methods.base import Method, SSLNetwork, build_encoder, build_head, build_predictor
+from sslx.methods.base import Method, SSLNetwork
+from sslx.models import build_encoder, build_head, build_predictor, network_variables, stats_of
 from sslx.parallel import BATCH_AXIS
 
 TARGET_MODULES = ("encoder", "head")   # what the target copies from the online network (no predictor, no probe)
@@ -62,9 +63,8 @@ class MomentumTargetMethod(Method):
     def target_forward(self, extra: Any, target_stats: Any, images: jax.Array) -> tuple[jax.Array, Any]:
         """Target projection z' (no gradient) and the target's updated BN statistics."""
         out, updates = self.target_network(BATCH_AXIS).apply(
-            {"params": extra["target_params"], "batch_stats": target_stats}, images, train=True,
-            mutable=["batch_stats"])
-        return lax.stop_gradient(out["z"]), updates["batch_stats"]
+            network_variables(extra["target_params"], target_stats), images, train=True, mutable=["batch_stats"])
+        return lax.stop_gradient(out["z"]), stats_of(updates)
 
     def after_update(self, state: Any, outputs: Any) -> Any:
         """EMA of the updated online params; the target's BN statistics from `outputs`, averaged over replicas."""

@@ -1,30 +1,10 @@
-"""Encoders by name (`config.model.name`) and the heads trained on top of them."""
-import functools
+"""Encoders by name (`config.model.name`), the heads trained on top of them, and their builders from config."""
+from sslx.models.builders import (ENCODERS, bn_axis, build_encoder, build_head, build_predictor, compute_dtype,
+                                  feature_dim, network_variables, stats_of)
+from sslx.models.heads import DinoHead, LinearClassifier, ProjectionHead, WeightNormDense, make_head
+from sslx.models.resnet import RESNETS, BasicBlock, BottleneckBlock, ResNet
+from sslx.models.vit import VITS, ViT
 
-from sslx.models.heads import LinearClassifier, ProjectionHead, make_head
-from sslx.models.resnet import BasicBlock, BottleneckBlock, ResNet
-
-ENCODERS = {
-    "resnet18": functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block=BasicBlock),
-    "resnet34": functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block=BasicBlock),
-    "resnet50": functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block=BottleneckBlock),
-    "resnet101": functools.partial(ResNet, stage_sizes=(3, 4, 23, 3), block=BottleneckBlock),
-    "resnet152": functools.partial(ResNet, stage_sizes=(3, 8, 36, 3), block=BottleneckBlock),
-    "resnet200": functools.partial(ResNet, stage_sizes=(3, 24, 36, 3), block=BottleneckBlock),
-}
-
-
-def build_encoder(name: str, **kwargs) -> ResNet:
-    """The encoder `name` with ResNet fields `kwargs` (width, cifar_stem, sk_ratio, bn_axis_name, dtype, ...)."""
-    if name not in ENCODERS:
-        raise ValueError(f"unknown config.model.name {name!r}; known: {', '.join(ENCODERS)}")
-    return ENCODERS[name](**kwargs)
-
-
-def feature_dim(name: str, width: float = 1.0) -> int:
-    """Width of the encoder's pooled features: 512 * width for resnet18/34, 2048 * width for deeper ones."""
-    return build_encoder(name, width=width).feature_dim
-
-
-__all__ = ["ENCODERS", "BasicBlock", "BottleneckBlock", "LinearClassifier", "ProjectionHead", "ResNet",
-           "build_encoder", "feature_dim", "make_head"]
+__all__ = ["ENCODERS", "RESNETS", "VITS", "BasicBlock", "BottleneckBlock", "DinoHead", "LinearClassifier",
+           "ProjectionHead", "ResNet", "ViT", "WeightNormDense", "bn_axis", "build_encoder", "build_head",
+           "build_predictor", "compute_dtype", "feature_dim", "make_head", "network_variables", "stats_of"]

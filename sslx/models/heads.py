@@ -1,8 +1,12 @@
-"""Projection heads (SimCLR v1 and v2) and the linear classifier used by online probes and linear evaluation."""
+"""Projection heads (SimCLR v1 and v2, DINO's) and the linear classifier used by online probes and linear
+evaluation."""
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax import lax
+
+from sslx.losses import l2_normalize
 
 HEAD_DEPTHS = {"v1": 2, "v2": 3}
 
@@ -66,3 +70,63 @@ class LinearClassifier(nn.Module):
         logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(0.01), dtype=self.dtype,
                           param_dtype=jnp.float32)(x.astype(self.dtype))
         return logits.astype(jnp.float32)
+
+
+class WeightNormDense(nn.Module):
+    """A bias-free Dense whose kernel is a direction times a scale: w[:, k] = g[k] v[:, k] / ||v[:, k]|| (weight
+    normalisation, Salimans & Kingma 2016), so each output unit's weight vector has norm g[k]. With
+    `learn_scale=False` g stays 1 (DINO's `norm_last_layer=True`): every output is a cosine-like projection
+    whose size the optimizer cannot grow, which DINO found to stabilise training with large output dims."""
+    features: int
+    learn_scale: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        direction = self.param("kernel", nn.initializers.truncated_normal(0.02), (x.shape[-1], self.features),
+                               jnp.float32)
+        kernel = direction * lax.rsqrt(jnp.maximum(jnp.sum(direction * direction, axis=0, keepdims=True), 1e-24))
+        if self.learn_scale:
+            kernel = kernel * self.param("scale", nn.initializers.ones, (self.features,), jnp.float32)
+        return x.astype(self.dtype) @ kernel.astype(self.dtype)
+
+
+class DinoHead(nn.Module):
+    """DINO's projection head (Caron et al. 2021, sec. 3.1 and appendix): an MLP of `num_layers` Dense layers
+    (GELU between them, optional BatchNorm) down to a `bottleneck_dim` bottleneck, l2-normalised, then a
+    weight-normalised Dense to `out_dim` (65,536 in DINO) with its scale frozen at 1 by default.
+
+    Returns (logits, hiddens) as ProjectionHead does: hiddens = [input, MLP layer outputs..., normalised
+    bottleneck, logits], float32. Dense kernels start from a normal of std 0.02 truncated at two std, biases at 0.
+    """
+    out_dim: int = 65536
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    num_layers: int = 3
+    use_bn: bool = False
+    learn_last_scale: bool = False   # DINO's norm_last_layer=False
+    bn_axis_name: str | None = None
+    bn_momentum: float = 0.9
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        hiddens = [x.astype(jnp.float32)]
+        h = x.astype(self.dtype)
+        for layer in range(self.num_layers):
+            final = layer == self.num_layers - 1
+            h = nn.Dense(self.bottleneck_dim if final else self.hidden_dim,
+                         kernel_init=nn.initializers.truncated_normal(0.02), dtype=self.dtype,
+                         param_dtype=jnp.float32, name=f"dense{layer}")(h)
+            if not final:
+                if self.use_bn:
+                    h = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                                     axis_name=self.bn_axis_name, dtype=self.dtype, param_dtype=jnp.float32,
+                                     name=f"bn{layer}")(h)
+                h = nn.gelu(h, approximate=False)
+            hiddens.append(h.astype(jnp.float32))
+        bottleneck = l2_normalize(h.astype(jnp.float32))
+        hiddens.append(bottleneck)
+        logits = WeightNormDense(self.out_dim, self.learn_last_scale, self.dtype, name="last_layer")(bottleneck)
+        hiddens.append(logits.astype(jnp.float32))
+        return hiddens[-1], hiddens

@@ -167,6 +167,15 @@ class ResNet(nn.Module):
     def feature_dim(self) -> int:
         return stage_filters(self.width, len(self.stage_sizes) - 1) * self.block.expansion
 
+    def describe(self) -> dict[str, Any]:
+        """The architecture for sslx-export's model.json."""
+        block = "BasicBlock" if self.block.expansion == 1 else "BottleneckBlock"   # also under nn.remat
+        return {"family": "resnet", "stage_sizes": list(self.stage_sizes), "block": block, "width": self.width,
+                "cifar_stem": self.cifar_stem, "sk_ratio": self.sk_ratio,
+                "version": "ResNet v1.5 (stride on the 3x3 conv); see sslx/models/resnet.py",
+                "padding": "symmetric (kernel - 1) // 2", "batch_norm_epsilon": self.bn_epsilon,
+                "feature_dim": self.feature_dim}
+
     @nn.compact
     def __call__(self, x, train: bool):
         # With axis_name set, BatchNorm averages its batch statistics over that mesh axis (global BN); it is only
@@ -183,3 +192,13 @@ class ResNet(nn.Module):
                                self.tf_pooling, self.zero_init_residual,
                                name=f"stage{stage + 1}_block{index + 1}")(x)
         return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+
+
+RESNETS = {
+    "resnet18": functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block=BasicBlock),
+    "resnet34": functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block=BasicBlock),
+    "resnet50": functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block=BottleneckBlock),
+    "resnet101": functools.partial(ResNet, stage_sizes=(3, 4, 23, 3), block=BottleneckBlock),
+    "resnet152": functools.partial(ResNet, stage_sizes=(3, 8, 36, 3), block=BottleneckBlock),
+    "resnet200": functools.partial(ResNet, stage_sizes=(3, 24, 36, 3), block=BottleneckBlock),
+}

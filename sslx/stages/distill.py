@@ -37,7 +37,8 @@ from sslx import workdir as workdir_lib
 from sslx.checkpoint import Checkpointer
 from sslx.config import base_config, distributed_config
 from sslx.evaluators import common, subsets
-from sslx.evaluators.encoders import build_classifier, load_pretrained, read_config
+from sslx.evaluators.encoders import build_classifier, load_pretrained, read_config, restore_variables
+from sslx.models import network_variables, stats_of
 from sslx.parallel import BATCH_AXIS
 from sslx.train import TrainState
 
@@ -117,7 +118,7 @@ class Teacher:
     workdir: epath.Path
     config: ml_collections.ConfigDict   # its classifier config.json
     step: int
-    variables: dict[str, Any]           # {'params', 'batch_stats'}, replicated
+    variables: dict[str, Any]           # {'params', 'batch_stats'} ('params' alone without BatchNorm), replicated
 
     def logits_fn(self) -> Callable[[jax.Array], jax.Array]:
         network = build_classifier(self.config, None)
@@ -129,14 +130,7 @@ def load_teacher(workdir: str, step: int, mesh: Mesh) -> Teacher:
     size = config.data.image_size
     network = build_classifier(config, None)
     shapes = jax.eval_shape(lambda: network.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
-    sharding = parallel.replicated(mesh)
-    like = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-                        {"params": shapes["params"], "batch_stats": shapes["batch_stats"]})
-    checkpointer = Checkpointer(workdir, keep=1, every_steps=1)
-    try:
-        step, variables = checkpointer.restore_subtree(like, None if step < 0 else step)
-    finally:
-        checkpointer.close()
+    step, variables = restore_variables(workdir, shapes, step, mesh)
     return Teacher(paths.absolute(workdir), config, step, variables)
 
 
@@ -180,7 +174,7 @@ def make_distill_step(student, teacher, optimizer: optax.GradientTransformation,
         unlabelled = batch["image"].shape[0]
 
         def global_loss(params):
-            logits, updates = student.apply({"params": params, "batch_stats": state.batch_stats}, images,
+            logits, updates = student.apply(network_variables(params, state.batch_stats), images,
                                             train=True, mutable=["batch_stats"])
             distill = lax.pmean(losses.distillation(logits[:unlabelled], targets, temperature=temperature),
                                 BATCH_AXIS)
@@ -189,7 +183,7 @@ def make_distill_step(student, teacher, optimizer: optax.GradientTransformation,
                 terms["supervised_loss"] = lax.pmean(
                     losses.softmax_cross_entropy(logits[unlabelled:], batch["label"]), BATCH_AXIS)
             loss = distill + supervised_weight * terms.get("supervised_loss", 0.0)
-            return loss, (updates["batch_stats"], logits[:unlabelled], terms)
+            return loss, (stats_of(updates), logits[:unlabelled], terms)
 
         (loss, (batch_stats, logits, terms)), grads = jax.value_and_grad(global_loss, has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -273,7 +267,8 @@ class Distillation:
         params, batch_stats = dict(variables["params"]), dict(variables.get("batch_stats", {}))
         if self.pretrained is not None:
             params["encoder"] = self.pretrained.params["encoder"]
-            batch_stats["encoder"] = self.pretrained.batch_stats["encoder"]
+            if "encoder" in batch_stats:   # a ResNet; a ViT has none
+                batch_stats["encoder"] = self.pretrained.batch_stats["encoder"]
         state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                            opt_state=self.optimizer.init(params), extra={})
         return parallel.replicate(state, self.mesh)
@@ -316,7 +311,7 @@ class Distillation:
 
     def evaluate(self, state: TrainState) -> dict[str, float]:
         return common.classifier_accuracy(
-            build_classifier(self.recorded, None), {"params": state.params, "batch_stats": state.batch_stats},
+            build_classifier(self.recorded, None), network_variables(state.params, state.batch_stats),
             self.data, self.mesh, self.config.eval_batch_size)
 
 

@@ -28,6 +28,7 @@ from sslx.checkpoint import Checkpointer
 from sslx.evaluators import common, subsets
 from sslx.evaluators.encoders import Pretrained, build_classifier, check_head_layer, load_pretrained
 from sslx.losses import softmax_cross_entropy
+from sslx.models import network_variables, stats_of
 from sslx.parallel import BATCH_AXIS
 from sslx.train import TrainState
 
@@ -76,10 +77,10 @@ def make_finetune_step(network, optimizer: optax.GradientTransformation, schedul
 
     def per_replica(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         def global_loss(params):
-            logits, updates = network.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
+            logits, updates = network.apply(network_variables(params, state.batch_stats), batch["image"],
                                             train=True, mutable=["batch_stats"])
             loss = lax.pmean(softmax_cross_entropy(logits, batch["label"]), BATCH_AXIS)
-            return loss, (updates["batch_stats"], logits)
+            return loss, (stats_of(updates), logits)
 
         (loss, (batch_stats, logits)), grads = jax.value_and_grad(global_loss, has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -126,9 +127,11 @@ class FineTuning:
             jax.random.key(self.config.seed), jnp.zeros((1, size, size, 3)), train=False)
         params, batch_stats = dict(variables["params"]), dict(variables.get("batch_stats", {}))
         params["encoder"] = self.pretrained.params["encoder"]
-        batch_stats["encoder"] = self.pretrained.batch_stats["encoder"]
+        if "encoder" in batch_stats:   # a ResNet; a ViT has none
+            batch_stats["encoder"] = self.pretrained.batch_stats["encoder"]
         if "head" in params:
             params["head"] = {k: self.pretrained.params["head"][k] for k in params["head"]}
+        if "head" in batch_stats:
             batch_stats["head"] = {k: self.pretrained.batch_stats["head"][k] for k in batch_stats["head"]}
         state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                            opt_state=self.optimizer.init(params), extra={})
@@ -145,7 +148,7 @@ class FineTuning:
 
     def evaluate(self, state: TrainState) -> dict[str, float]:
         return common.classifier_accuracy(
-            build_classifier(self.recorded, None), {"params": state.params, "batch_stats": state.batch_stats},
+            build_classifier(self.recorded, None), network_variables(state.params, state.batch_stats),
             self.data, self.mesh, self.config.eval_batch_size)
 
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
-from sslx.data.augment import AFFINE_OPS, CROP_ATTEMPTS, GREY_WEIGHTS, AugmentSpec
+from sslx.data.augment import AFFINE_OPS, CROP_ATTEMPTS, GREY_WEIGHTS, AugmentSpec, blur_radius
 from sslx.parallel import BATCH_AXIS
 
 
@@ -120,7 +120,7 @@ def _augment_one(image: jax.Array, params: dict[str, jax.Array], spec: AugmentSp
         view = view / 255.0
     if spec.grayscale_prob > 0 or (spec.jitter_prob > 0 and any(spec.jitter_strengths().values())):
         view = _color(view, params, spec)
-    radius = int(out_size * spec.blur_kernel_fraction) // 2  # SimCLR: kernel = side // 10, made odd
+    radius = blur_radius(spec, out_size)  # SimCLR's side // 10, cut at 3 sigma_max as on the host
     if spec.blur_prob > 0 and radius > 0:
         view = _gaussian_blur(view, jnp.where(params["blur"], params["sigma"], 0.0), radius)
     if spec.solarize_prob > 0:

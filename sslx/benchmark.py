@@ -47,9 +47,10 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
                              "JPEGs cut from scikit-learn's sample photos, written to a temporary directory)")
     parser.add_argument("--host-cores", type=int, default=0,
                         help="CPU cores of the host to judge the input feed for (0: this machine's)")
-    parser.add_argument("--step-img-per-s", type=float, default=0.0,
-                        help="img/s of one host's train step to judge the feed against, e.g. the step of the "
-                             "accelerators one TPU VM host drives (0: the step measured here at the same size)")
+    parser.add_argument("--step-img-per-s", default="",
+                        help="comma-separated IMAGE_SIZE:IMG_PER_S, the img/s of the train step one host feeds "
+                             "(e.g. 224:10000 for 4 accelerators at 2,500 img/s) to judge the input against "
+                             "(default: the step measured here at that size)")
     parser.add_argument("--skip-input", action="store_true", help="skip the input-pipeline benchmark")
     parser.add_argument("--input-batch", type=int, default=256)
     parser.add_argument("--models", default="resnet18_cifar:128,resnet50:32",
@@ -231,15 +232,16 @@ def input_benchmark(args: argparse.Namespace) -> list[dict]:
     return results
 
 
-def feed_report(inputs: list[dict], steps: list[dict], host_cores: int, step_img_per_s: float) -> list[dict]:
-    """Per input image size: can a host of `host_cores` feed the step (`step_img_per_s`, else the measured step at
-    that size), with host augmentation and with on_device's host side, and which to choose."""
+def feed_report(inputs: list[dict], steps: list[dict], host_cores: int,
+                step_img_per_s: dict[int, float]) -> list[dict]:
+    """Per input image size: can a host of `host_cores` feed the step (`step_img_per_s[size]`, else the measured
+    step at that size), with host augmentation and with on_device's host side, and which to choose."""
     from sslx.data import bench
     reports = []
     for size in sorted({item["image_size"] for item in inputs}):
         modes = {item["mode"]: item for item in inputs if item["image_size"] == size}
-        img_per_s = step_img_per_s or next((step["sslx_img_per_s"] for step in steps
-                                            if step.get("image_size") == size), 0.0)
+        img_per_s = step_img_per_s.get(size) or next((step["sslx_img_per_s"] for step in steps
+                                                       if step.get("image_size") == size), 0.0)
         if not img_per_s or "host augmentation" not in modes:
             continue
         judged = [bench.feed(modes[mode], 2 * img_per_s, host_cores)
@@ -271,7 +273,9 @@ def main(argv: list[str] | None = None) -> None:
         results["train_step"].append(figures)
         print(json.dumps(figures), flush=True)
     host_cores = args.host_cores or len(os.sched_getaffinity(0))
-    results["feed"] = feed_report(results["input"], results["train_step"], host_cores, args.step_img_per_s)
+    given = {int(size): float(rate) for size, _, rate in
+             (pair.partition(":") for pair in filter(None, args.step_img_per_s.split(",")))}
+    results["feed"] = feed_report(results["input"], results["train_step"], host_cores, given)
     for report in results["feed"]:
         print(json.dumps(report), flush=True)
     if args.json:

@@ -40,9 +40,9 @@ def test_feed_names_the_bottleneck_and_the_choice():
     from sslx.data import bench
     inputs = [{"mode": "host augmentation", "image_size": 224, "views_per_cpu_second": 400},
               {"mode": "host decode only (on_device)", "image_size": 224, "views_per_cpu_second": 2000}]
-    (fed,) = benchmark.feed_report(inputs, [], host_cores=100, step_img_per_s=10_000)  # 20,000 views/s
+    (fed,) = benchmark.feed_report(inputs, [], host_cores=100, step_img_per_s={224: 10_000})  # 20,000 views/s
     assert fed["host_augmentation"]["bottleneck"] == "device" and fed["choose"].startswith("host augmentation")
-    (starved,) = benchmark.feed_report(inputs, [{"image_size": 224, "sslx_img_per_s": 20_000}], 100, 0)
+    (starved,) = benchmark.feed_report(inputs, [{"image_size": 224, "sslx_img_per_s": 20_000}], 100, {})
     assert starved["host_augmentation"]["bottleneck"] == "host" and starved["choose"] == "augment.on_device=True"
     assert starved["on_device_host_side"]["host_over_step"] == 5.0
     assert bench.feed(inputs[1], 200_000, 100)["bottleneck"] == "host"

@@ -9,6 +9,7 @@ Pillow is installed: it is no dependency of sslx), and `feed` says whether a hos
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import json
 import math
@@ -42,6 +43,8 @@ def pipeline_views_per_second(data_cfg, image_size: int, local_batch: int, *, se
     views = 2 * count / (time.perf_counter() - start)
     # CPU seconds of all this process's threads: a per-core rate that holds up when other jobs share the cores.
     views_per_cpu_second = 2 * count / (time.process_time() - cpu_start)
+    del batches  # ends its prefetching threads, whose CPU time would count against the next measurement
+    gc.collect()
     cores = len(os.sched_getaffinity(0))
     source_shape = sources.describe(data_cfg, data_cfg.get("train_split", "train")).image_shape
     return {"views_per_second": round(views), "views_per_second_per_core": round(views / cores),

@@ -75,20 +75,23 @@ def device_views_per_second(input_shape: tuple[int, int], image_size: int, batch
 
 
 def imagenet_like_records(directory: str, count: int = 512, seed: int = 0) -> str:
-    """Writes `count` JPEGs of ImageNet's typical sizes (shorter side 300-500 px, aspect up to 1.6, quality 90) as
-    DIRECTORY/train-00000-of-00001.tfrecord, cut from the two photographs bundled with scikit-learn (nothing is
-    downloaded): a 224 px input benchmark on variable-size images, the ImageNet recipes' path."""
+    """Writes `count` JPEGs of ImageNet's typical sizes (shorter side 300-500 px, width / height log-uniform in
+    [3/4, 3/2], quality 90) as DIRECTORY/train-00000-of-00001.tfrecord, cut from the two photographs bundled with
+    scikit-learn (nothing is downloaded): a 224 px input benchmark on variable-size images, the ImageNet recipes'
+    path."""
     from sklearn.datasets import load_sample_images
     import tensorflow as tf
     photos, rng = load_sample_images().images, np.random.default_rng(seed)
     with tf.io.TFRecordWriter(os.path.join(directory, "train-00000-of-00001.tfrecord")) as writer:
         for i in range(count):
             photo = photos[i % len(photos)]
-            height, width = (int(side * rng.uniform(0.5, 1.0)) for side in photo.shape[:2])
+            aspect, short = math.exp(rng.uniform(math.log(3 / 4), math.log(3 / 2))), int(rng.integers(300, 501))
+            out = (short, round(short * aspect)) if aspect >= 1 else (round(short / aspect), short)
+            # The largest region of that aspect in the photo, scaled by 50-100%, at a random place.
+            fit = min(photo.shape[0] / out[0], photo.shape[1] / out[1]) * rng.uniform(0.5, 1.0)
+            height, width = int(out[0] * fit), int(out[1] * fit)
             top, left = rng.integers(0, photo.shape[0] - height + 1), rng.integers(0, photo.shape[1] - width + 1)
-            scale = rng.integers(300, 501) / min(height, width)
-            image = tf.image.resize(photo[top:top + height, left:left + width],
-                                    [round(height * scale), round(width * scale)], antialias=True)
+            image = tf.image.resize(photo[top:top + height, left:left + width], out, antialias=True)
             jpeg = tf.io.encode_jpeg(tf.cast(tf.round(image), tf.uint8), quality=90).numpy()
             writer.write(tf.train.Example(features=tf.train.Features(feature={
                 "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[jpeg])),

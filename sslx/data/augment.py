@@ -17,9 +17,12 @@ The first three are affine colour maps, so the ops on either side of hue (and gr
 into one affine map per image. Values are therefore clipped to [0, 1] around the hue step and at the end, not
 after every op as in the reference; the two differ only where an intermediate value leaves [0, 1].
 
-Colour, grayscale, blur and solarize run as one XLA-compiled function: on CPU, TF's op-by-op kernels spent ~4x
-longer on this elementwise chain (hue alone: 90 us/view op-by-op, 156 us/view with tf.image.adjust_hue per image,
-20 us/view fused, at 32 px). Blur is a sum of shifted copies for the same reason.
+Colour and grayscale run as one XLA-compiled function, each blur pass as another: on CPU, TF's op-by-op kernels
+spent ~4x longer on this elementwise chain (hue alone: 90 us/view op-by-op, 156 us/view with tf.image.adjust_hue
+per image, 20 us/view fused, at 32 px). Blur is a sum of shifted copies for the same reason.
+
+Variable-size images (ImageNet) are cropped and flipped per image first, from their JPEG bytes (`random_crops`:
+only the crops' window is decoded), and the rest runs per batch on the cropped views (`after_crop`).
 """
 from __future__ import annotations
 
@@ -280,8 +283,8 @@ def random_crops(image: tf.Tensor, specs: Sequence[AugmentSpec], seed: Any, out_
     def jpeg():
         shape = tf.io.extract_jpeg_shape(image)
         boxes, flips = crop_boxes(specs, seeds, shape[0], shape[1])
-        shrink = tf.reduce_sum(tf.cast(tf.reduce_min(boxes[:, 2:]) >= [2 * out_size, 4 * out_size, 8 * out_size],
-                                       tf.int32))
+        smallest = tf.reduce_min(boxes[:, 2:])
+        shrink = tf.reduce_sum(tf.cast(smallest >= [f * out_size for f in DCT_FACTORS[1:]], tf.int32))
         return tf.switch_case(shrink, [functools.partial(_decode_crops, image, shape, boxes, flips, out_size, factor)
                                        for factor in DCT_FACTORS])
 

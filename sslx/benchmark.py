@@ -20,9 +20,7 @@ image size, `feed` weighs the views/s a host of --host-cores CPUs can make again
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import json
-import multiprocessing
 import os
 import sys
 import tempfile
@@ -230,11 +228,7 @@ def input_benchmark(args: argparse.Namespace) -> list[dict]:
         for size, path in ((32, args.data_path), (224, args.data_path_224 or None)):
             data_cfg = base_config().data
             data_cfg.name, data_cfg.path = "tfrecord", path or bench.imagenet_like_records(scratch)
-            # A fresh process per image size: after the 32 px runs, the 224 px host figure measured in the same
-            # process came out 2-3x below a fresh process's (the state left behind was not pinned down).
-            with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-                results += pool.submit(bench.all_modes, data_cfg, size, args.input_batch,
-                                       seconds=args.seconds).result()
+            results += bench.all_modes(data_cfg, size, args.input_batch, seconds=args.seconds)
     return results
 
 

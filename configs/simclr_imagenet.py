@@ -8,6 +8,9 @@ cosine decay, global BN, colour-jitter strength 1.0 with blur, 2-layer projectio
 Cost: 100 epochs ~1.5 h on 128 TPU v3 cores (the paper's figure); ~9 h on a TPU v4-32.
 Expected (paper's numbers, not measured with sslx): linear eval top-1 69.3% at 1000 epochs
 (table 6).
+Views are made on the host (augment.on_device=False): by docs/scaling.md's "Host or device augmentation"
+measurement (sslx-benchmark's feed line) a TPU v4 host's 240 vCPUs make 2x the 224 px views its
+4 chips train on at an assumed 2,500 img/s each.
 """
 from sslx.config import base_config, use_imagenet_resnet50
 

@@ -9,6 +9,9 @@ layer), global BN. Fine-tuning later starts from the first head layer.
 Cost: R50 1x 800 epochs ~12 h on a TPU v3-128 slice.
 Expected linear eval top-1 (paper's numbers, table 1; not measured with sslx): R50 1x 71.7, R50 1x+SK 74.6,
 R152 3x+SK 79.8.
+Views are made on the host (augment.on_device=False): by docs/scaling.md's "Host or device augmentation"
+measurement (sslx-benchmark's feed line) a TPU v4 host's 240 vCPUs make 2x the 224 px views its
+4 chips train on at an assumed 2,500 img/s each.
 """
 from sslx.config import base_config, use_imagenet_resnet50
 

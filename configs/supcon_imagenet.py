@@ -6,6 +6,9 @@ Batch 6144, LARS 0.1 x B/256 (peak ~2.4), T 0.1, SimCLR's head 2048 -> 128 with 
 configs/supcon_cifar10.py for why), weight decay 1e-6, 700 epochs, SimCLR's augmentations (the paper's best
 used AutoAugment, not here). Target (paper's
 numbers, not measured with sslx): top-1 77-78.7%.
+Views are made on the host (augment.on_device=False): by docs/scaling.md's "Host or device augmentation"
+measurement (sslx-benchmark's feed line) a TPU v4 host's 240 vCPUs make 2x the 224 px views its
+4 chips train on at an assumed 2,500 img/s each.
 """
 from sslx.config import base_config, use_imagenet_resnet50
 

@@ -8,7 +8,14 @@ The plain step is what a Flax user writes by hand for the same model and loss on
 head, NT-Xent, LARS, `jax.jit(value_and_grad)`. The sslx step is `sslx.train.make_train_step` (shard_map
 over the mesh, online probe, metrics). Both get the same device-resident synthetic batch, so the ratio is
 the framework's overhead, not the input pipeline's. `--recipes` times the sslx step of any recipe file (its
-method, heads, optimizer, model and image size) the same way, to compare methods.
+method, heads, optimizer, model and image size) the same way, to compare methods. Each step figure comes with
+its model FLOPs utilisation: the compiled step's FLOPs per device (XLA's cost analysis) per second over the
+device's dense bfloat16 peak (PEAK_FLOPS; n/a where unknown, e.g. CPU).
+
+The input benchmark runs at 32 px on --data-path (CIFAR-10) and at 224 px on --data-path-224 (default: ImageNet-
+sized JPEGs written to a temporary directory), with a Pillow per-image peer where Pillow is installed. Then, per
+image size, `feed` weighs the views/s a host of --host-cores CPUs can make against the views/s the step consumes
+(--step-img-per-s, default: the measured step at that size) and names the bottleneck (docs/scaling.md).
 """
 from __future__ import annotations
 
@@ -16,18 +23,34 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 
 MODELS = {  # name -> (encoder, cifar stem, image size)
     "resnet18_cifar": ("resnet18", True, 32),
     "resnet50": ("resnet50", False, 224),
 }
+# Dense bfloat16 matrix-unit peak FLOP/s of one JAX device, by device kind (first match wins, so the specific
+# names come first): the vendors' data sheets. A TPU v2/v3 device is one TensorCore, half a chip; later TPUs and
+# GPUs are one device per chip (H100: SXM; PCIe listed apart).
+PEAK_FLOPS = (("TPU v2", 22.5e12), ("TPU v3", 61.5e12), ("TPU v4", 275e12), ("TPU v5 lite", 197e12),
+              ("TPU v5", 459e12), ("TPU v6 lite", 918e12), ("H100 PCIe", 756e12), ("H100", 989e12),
+              ("H200", 989e12), ("A100", 312e12), ("L4", 121e12))
 
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="sslx-benchmark", description=__doc__.split("\n")[0])
     parser.add_argument("--data-path", default="../shared/data/cifar10",
-                        help="directory of {split}-*.tfrecord JPEG files for the input benchmark")
+                        help="directory of {split}-*.tfrecord JPEG files for the 32 px input benchmark")
+    parser.add_argument("--data-path-224", default="",
+                        help="TFRecords for the 224 px input benchmark, e.g. ImageNet's (default: 512 ImageNet-sized "
+                             "JPEGs cut from scikit-learn's sample photos, written to a temporary directory)")
+    parser.add_argument("--host-cores", type=int, default=0,
+                        help="CPU cores of the host to judge the input feed for (0: this machine's)")
+    parser.add_argument("--step-img-per-s", default="",
+                        help="comma-separated IMAGE_SIZE:IMG_PER_S, the img/s of the train step one host feeds "
+                             "(e.g. 224:10000 for 4 accelerators at 2,500 img/s) to judge the input against "
+                             "(default: the step measured here at that size)")
     parser.add_argument("--skip-input", action="store_true", help="skip the input-pipeline benchmark")
     parser.add_argument("--input-batch", type=int, default=256)
     parser.add_argument("--models", default="resnet18_cifar:128,resnet50:32",
@@ -68,8 +91,25 @@ def _time_steps(step, state, batch, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def plain_flax_step_seconds(config, batch: dict, steps: int) -> float:
-    """A hand-written single-device Flax step for the same encoder + head + NT-Xent + LARS."""
+def compile_with_flops(jitted, *args):
+    """`jitted` compiled for `args`, and the FLOPs of one call on one device from XLA's cost analysis of that
+    compiled (per-device) program."""
+    compiled = jitted.lower(*args).compile()
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis  # one dict per program before 0.4.3x
+    return compiled, float(analysis.get("flops", 0.0))
+
+
+def mfu(flops_per_device: float, seconds: float, device_kind: str) -> float | str:
+    """Model FLOPs utilisation against the device's dense bf16 peak; "n/a" for devices without a known peak."""
+    peak = next((value for name, value in PEAK_FLOPS if name in device_kind), None)
+    if peak is None or flops_per_device <= 0:
+        return "n/a"
+    return round(flops_per_device / seconds / peak, 4)
+
+
+def plain_flax_step_seconds(config, batch: dict, steps: int) -> tuple[float, float]:
+    """Seconds and FLOPs of a hand-written single-device Flax step for the same encoder + head + NT-Xent + LARS."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -110,10 +150,12 @@ def plain_flax_step_seconds(config, batch: dict, steps: int) -> float:
         new_stats = {k: updates[k]["batch_stats"] for k in updates}
         return (optax.apply_updates(params, delta), new_stats, opt_state), loss
 
-    return _time_steps(step, state, images, steps)
+    compiled, flops = compile_with_flops(step, state, images)
+    return _time_steps(compiled, state, images, steps), flops
 
 
-def sslx_step_seconds(config, batch: dict, num_devices: int, steps: int) -> float:
+def sslx_step_seconds(config, batch: dict, num_devices: int, steps: int) -> tuple[float, float]:
+    """Seconds per step and FLOPs per device of `sslx.train.make_train_step` over `num_devices`."""
     import jax
     import jax.numpy as jnp
     from sslx import optim, parallel
@@ -128,8 +170,9 @@ def sslx_step_seconds(config, batch: dict, num_devices: int, steps: int) -> floa
     state = create_train_state(method, optimizer, jax.random.key(0), jnp.zeros((2, size, size, 3)))
     train_step = make_train_step(method, optimizer, schedule, mesh)
     rng = jax.random.key(1)
-    return _time_steps(lambda s, b: train_step(s, b, rng), parallel.replicate(state, mesh),
-                       parallel.shard_batch(batch, mesh), steps)
+    state, batch = parallel.replicate(state, mesh), parallel.shard_batch(batch, mesh)
+    compiled, flops = compile_with_flops(train_step, state, batch, rng)
+    return _time_steps(lambda s, b: compiled(s, b, rng), state, batch, steps), flops
 
 
 def synthetic_batch(global_batch: int, size: int) -> dict:
@@ -146,12 +189,14 @@ def step_benchmark(model: str, global_batch: int, args: argparse.Namespace) -> d
     dtype = args.dtype or "float32"
     config = _model_config(model, dtype)
     batch = synthetic_batch(global_batch, config.data.image_size)
-    plain = plain_flax_step_seconds(config, batch, args.steps)
-    sslx = sslx_step_seconds(config, batch, num_devices, args.steps)
-    return {"model": model, "global_batch": global_batch, "devices": num_devices, "dtype": dtype,
-            "device_kind": jax.devices()[0].device_kind,
-            "sslx_img_per_s": global_batch / sslx, "plain_flax_img_per_s": global_batch / plain,
-            "sslx_vs_plain": plain / sslx}
+    plain, plain_flops = plain_flax_step_seconds(config, batch, args.steps)
+    sslx, sslx_flops = sslx_step_seconds(config, batch, num_devices, args.steps)
+    kind = jax.devices()[0].device_kind
+    return {"model": model, "global_batch": global_batch, "image_size": config.data.image_size,
+            "devices": num_devices, "dtype": dtype, "device_kind": kind,
+            "sslx_img_per_s": global_batch / sslx, "sslx_mfu": mfu(sslx_flops, sslx, kind),
+            "plain_flax_img_per_s": global_batch / plain, "plain_flax_mfu": mfu(plain_flops, plain, kind),
+            "sslx_vs_plain": plain / sslx, "step_gflop_per_device": float(f"{sslx_flops / 1e9:.3g}")}
 
 
 def recipe_benchmark(path: str, global_batch: int, args: argparse.Namespace) -> dict:
@@ -165,20 +210,46 @@ def recipe_benchmark(path: str, global_batch: int, args: argparse.Namespace) -> 
     config.batch_size = global_batch
     config.model.dtype = args.dtype or config.model.dtype
     batch = synthetic_batch(global_batch, config.data.image_size)
-    seconds = sslx_step_seconds(config, batch, num_devices, args.steps)
+    seconds, flops = sslx_step_seconds(config, batch, num_devices, args.steps)
+    kind = jax.devices()[0].device_kind
     return {"recipe": path, "method": config.method, "model": config.model.name, "global_batch": global_batch,
             "image_size": config.data.image_size, "devices": num_devices, "dtype": config.model.dtype,
-            "device_kind": jax.devices()[0].device_kind, "sslx_img_per_s": global_batch / seconds}
+            "device_kind": kind, "sslx_img_per_s": global_batch / seconds, "sslx_mfu": mfu(flops, seconds, kind),
+            "step_gflop_per_device": float(f"{flops / 1e9:.3g}")}
 
 
 def input_benchmark(args: argparse.Namespace) -> list[dict]:
+    """Host augmentation, on_device's host side and device augmentation (and the Pillow peer) at 32 px on
+    --data-path and at 224 px on --data-path-224 or a temporary set of ImageNet-sized JPEGs."""
     from sslx.config import base_config
-    from sslx.data.bench import all_modes
-    data_cfg = base_config().data
-    data_cfg.name, data_cfg.path = "tfrecord", args.data_path
-    # Host augmentation, then config.augment.on_device: host decode only, and the JAX augmentation on its own.
-    return [result for size in (32, 224) for result in all_modes(data_cfg, size, args.input_batch,
-                                                                  seconds=args.seconds)]
+    from sslx.data import bench
+    results = []
+    with tempfile.TemporaryDirectory(prefix="sslx-benchmark-") as scratch:
+        for size, path in ((32, args.data_path), (224, args.data_path_224 or None)):
+            data_cfg = base_config().data
+            data_cfg.name, data_cfg.path = "tfrecord", path or bench.imagenet_like_records(scratch)
+            results += bench.all_modes(data_cfg, size, args.input_batch, seconds=args.seconds)
+    return results
+
+
+def feed_report(inputs: list[dict], steps: list[dict], host_cores: int,
+                step_img_per_s: dict[int, float]) -> list[dict]:
+    """Per input image size: can a host of `host_cores` feed the step (`step_img_per_s[size]`, else the measured
+    step at that size), with host augmentation and with on_device's host side, and which to choose."""
+    from sslx.data import bench
+    reports = []
+    for size in sorted({item["image_size"] for item in inputs}):
+        modes = {item["mode"]: item for item in inputs if item["image_size"] == size}
+        img_per_s = step_img_per_s.get(size) or next((step["sslx_img_per_s"] for step in steps
+                                                       if step.get("image_size") == size), 0.0)
+        if not img_per_s or "host augmentation" not in modes:
+            continue
+        judged = [bench.feed(modes[mode], 2 * img_per_s, host_cores)
+                  for mode in ("host augmentation", "host decode only (on_device)")]
+        reports.append({"image_size": size, "host_cores": host_cores, "step_img_per_s": round(img_per_s),
+                        "host_augmentation": judged[0], "on_device_host_side": judged[1],
+                        "choose": bench.choose(*judged)})
+    return reports
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -186,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.cpu_devices:
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} " \
                                   f"--xla_force_host_platform_device_count={args.cpu_devices}"
-    results: dict = {"input": [] if args.skip_input else input_benchmark(args), "train_step": []}
+    results: dict = {"input": [] if args.skip_input else input_benchmark(args), "train_step": [], "feed": []}
     for item in results["input"]:
         print(json.dumps(item), flush=True)
     for spec in filter(None, args.models.split(",")):
@@ -201,6 +272,12 @@ def main(argv: list[str] | None = None) -> None:
         figures = recipe_benchmark(path, int(batch or 128), args)
         results["train_step"].append(figures)
         print(json.dumps(figures), flush=True)
+    host_cores = args.host_cores or len(os.sched_getaffinity(0))
+    given = {int(size): float(rate) for size, _, rate in
+             (pair.partition(":") for pair in filter(None, args.step_img_per_s.split(",")))}
+    results["feed"] = feed_report(results["input"], results["train_step"], host_cores, given)
+    for report in results["feed"]:
+        print(json.dumps(report), flush=True)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2)

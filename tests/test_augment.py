@@ -121,3 +121,103 @@ def test_spec_from_config_presets_views_and_errors():
         augment.spec_from_config({"preset": "cifar", "view2": {"hues": 0.1}})
     with pytest.raises(ValueError, match=r"config\.augment\.preset"):
         augment.spec_from_config({"preset": "simclr"})
+
+
+def _ks_distance(sample: np.ndarray, reference) -> float:
+    """Kolmogorov-Smirnov distance of `sample` from a CDF (a function) or from a second sample."""
+    sample = np.sort(sample)
+    if callable(reference):
+        cdf = reference(sample)
+    else:
+        cdf = np.searchsorted(np.sort(reference), sample, side="right") / len(reference)
+    ecdf = np.arange(1, len(sample) + 1) / len(sample)
+    return float(np.max(np.maximum(np.abs(ecdf - cdf), np.abs(ecdf - 1 / len(sample) - cdf))))
+
+
+def _uniform_cdf(low, high):
+    return lambda x: np.clip((x - low) / (high - low), 0.0, 1.0)
+
+
+def _inception_boxes(n, height, width, rng, area=(0.08, 1.0), aspect=(3 / 4, 4 / 3)):
+    """Inception's random-resized-crop rule written out in numpy: area fraction ~ U[area], log aspect uniform,
+    the first of 10 tries that fits (after rounding), else the centre square."""
+    boxes = np.empty((n, 2))
+    for i in range(n):
+        for _ in range(augment.CROP_ATTEMPTS):
+            target = rng.uniform(*area) * height * width
+            ratio = np.exp(rng.uniform(np.log(aspect[0]), np.log(aspect[1])))
+            h, w = np.round(np.sqrt(target / ratio)), np.round(np.sqrt(target * ratio))
+            if 1 <= h <= height and 1 <= w <= width and area[0] <= h * w / (height * width) <= area[1]:
+                boxes[i] = h, w
+                break
+        else:
+            boxes[i] = min(height, width), min(height, width)
+    return boxes
+
+
+def _check_boxes(heights, widths, height, width):
+    """Crop areas and aspect ratios: inside the paper's ranges (area 8-100%, aspect 3/4-4/3 up to the rounding of
+    the sides) and distributed as Inception's rule."""
+    fraction, log_aspect = heights * widths / (height * width), np.log(widths / heights)
+    assert fraction.min() >= 0.08 - 1e-6 and fraction.max() <= 1.0
+    assert np.abs(log_aspect).max() <= np.log(4 / 3) + 2 / min(heights.min(), widths.min())
+    reference = _inception_boxes(20_000, height, width, np.random.default_rng(0))
+    assert _ks_distance(fraction, reference[:, 0] * reference[:, 1] / (height * width)) < 0.03
+    assert _ks_distance(log_aspect, np.log(reference[:, 1] / reference[:, 0])) < 0.03
+
+
+def test_sampled_parameters_follow_the_papers_distributions():
+    """SimCLR (appendix A): crops of 8-100% of the area with aspect 3/4-4/3, brightness, contrast and saturation
+    factors ~ U[1 - 0.8 s, 1 + 0.8 s], hue ~ U[-0.2 s, 0.2 s] with s = 1, blur sigma ~ U[0.1, 2.0]."""
+    params = {k: v.numpy() for k, v in augment.sample_params(augment.imagenet_spec(), 11, 20_000, 375, 500).items()}
+    _check_boxes(params["boxes"][:, 2].astype(float), params["boxes"][:, 3].astype(float), 375, 500)
+    jittered = params["jitter"]
+    for op in range(3):  # brightness, contrast, saturation
+        assert _ks_distance(params["factors"][jittered, op], _uniform_cdf(0.2, 1.8)) < 0.02
+    assert _ks_distance(params["hue"][jittered], _uniform_cdf(-0.2, 0.2)) < 0.02
+    assert _ks_distance(params["sigma"], _uniform_cdf(0.1, 2.0)) < 0.02
+
+
+def test_per_image_crops_follow_the_same_distribution():
+    """The variable-size path's crops (augment.random_crops) draw boxes as the batched path and flip half."""
+    spec = augment.imagenet_spec()
+    draws = tf.data.Dataset.range(8000).map(lambda i: augment.crop_boxes(
+        [spec], [tf.stack([i, tf.constant(5, tf.int64)])], 375, 500)).batch(8000)
+    boxes, flips = next(iter(draws))  # tf.data stacks the list of flips: [8000, 1]
+    _check_boxes(boxes.numpy()[:, 0, 2].astype(float), boxes.numpy()[:, 0, 3].astype(float), 375, 500)
+    assert abs(flips.numpy().mean() - 0.5) < 0.025
+
+
+def _smooth_image(height, width):
+    y, x = np.mgrid[:height, :width] / max(height, width)
+    return np.stack([128 + 100 * np.sin(6 * x + 3 * y), 128 + 100 * np.cos(5 * y), 255 * x * y], -1).astype(np.uint8)
+
+
+@pytest.mark.parametrize("out_size", [400, 64])
+def test_random_crops_decode_only_the_window_like_a_full_decode(out_size):
+    """From JPEG bytes the views equal those cut from the decoded image (at 400 px the crops are too small for DCT
+    downscaling); at 64 px every crop is shrunk while decoding, which changes pixels only slightly."""
+    image = _smooth_image(600, 800)
+    specs = (augment.imagenet_spec(), dataclasses.replace(augment.imagenet_spec(), crop_area_min=0.6))
+    jpeg, png = tf.io.encode_jpeg(image, quality=95), tf.io.encode_png(image)
+    for seed in range(4):
+        decoded = augment.random_crops(tf.io.decode_jpeg(jpeg), specs, seed, out_size).numpy()
+        from_jpeg = augment.random_crops(jpeg, specs, seed, out_size).numpy()
+        assert from_jpeg.shape == (2, out_size, out_size, 3) and from_jpeg.dtype == np.float32
+        if out_size == 400:
+            np.testing.assert_allclose(from_jpeg, decoded, atol=3 / 255)
+        else:
+            assert np.abs(from_jpeg - decoded).mean() < 0.02
+        np.testing.assert_allclose(augment.random_crops(png, specs, seed, out_size).numpy(),
+                                   augment.random_crops(tf.constant(image), specs, seed, out_size).numpy(), atol=1e-6)
+
+
+def test_truncated_blur_kernel_moves_values_by_under_one_level():
+    spec = augment.imagenet_spec()
+    radius = augment.blur_radius(spec, 224)
+    assert radius == 6 and int(224 * spec.blur_kernel_fraction) // 2 == 11  # SimCLR's kernel: 23 taps
+    images = tf.random.stateless_uniform([2, 64, 64, 3], [0, 1])
+    sigma = tf.constant([spec.blur_sigma_max, 1.0])
+    blurred = [augment._blur_along(augment._blur_along(images, augment._blur_kernel(sigma, r), r, 1),
+                                   augment._blur_kernel(sigma, r), r, 2) for r in (radius, 11)]
+    assert np.abs(blurred[0].numpy() - blurred[1].numpy()).max() < 1 / 255

@@ -16,9 +16,44 @@ def test_a_recipe_step_is_timed_and_written(tmp_path):
     (figures,) = json.loads(out.read_text())["train_step"]
     assert (figures["method"], figures["model"], figures["global_batch"], figures["image_size"],
             figures["devices"], figures["dtype"]) == ("simclr", "resnet18", 16, 8, 8, "float32")
-    assert figures["sslx_img_per_s"] > 0
+    assert figures["sslx_img_per_s"] > 0 and figures["step_gflop_per_device"] > 0
+    assert figures["sslx_mfu"] == "n/a"  # CPU: no peak to divide by
 
 
 def test_a_missing_recipe_file_is_a_one_line_error(tmp_path):
     with pytest.raises(SystemExit, match=r"recipe .*nope\.py not found.*--recipes"):
         benchmark.main(["--skip-input", "--models", "", "--recipes", f"{tmp_path / 'nope.py'}:16"])
+
+
+def test_step_flops_come_from_xla_and_mfu_from_the_device_kind():
+    import jax
+    import jax.numpy as jnp
+    ones = jnp.ones((64, 128)), jnp.ones((128, 32))
+    compiled, flops = benchmark.compile_with_flops(jax.jit(lambda a, b: a @ b), *ones)
+    assert flops == 2 * 64 * 128 * 32 and compiled(*ones).shape == (64, 32)
+    assert benchmark.mfu(275e12 * 0.5, 1.0, "TPU v4") == 0.5
+    assert benchmark.mfu(197e12, 2.0, "TPU v5 lite") == 0.5  # not v5p's peak
+    assert benchmark.mfu(1e12, 1.0, "cpu") == "n/a"
+
+
+def test_feed_names_the_bottleneck_and_the_choice():
+    from sslx.data import bench
+    inputs = [{"mode": "host augmentation", "image_size": 224, "views_per_cpu_second": 400},
+              {"mode": "host decode only (on_device)", "image_size": 224, "views_per_cpu_second": 2000}]
+    (fed,) = benchmark.feed_report(inputs, [], host_cores=100, step_img_per_s={224: 10_000})  # 20,000 views/s
+    assert fed["host_augmentation"]["bottleneck"] == "device" and fed["choose"].startswith("host augmentation")
+    (starved,) = benchmark.feed_report(inputs, [{"image_size": 224, "sslx_img_per_s": 20_000}], 100, {})
+    assert starved["host_augmentation"]["bottleneck"] == "host" and starved["choose"] == "augment.on_device=True"
+    assert starved["on_device_host_side"]["host_over_step"] == 5.0
+    assert bench.feed(inputs[1], 200_000, 100)["bottleneck"] == "host"
+
+
+def test_pillow_peer_runs_on_imagenet_sized_jpegs(tmp_path):
+    pytest.importorskip("PIL")
+    import ml_collections
+    from sslx.data import bench, sources
+    cfg = ml_collections.ConfigDict({"name": "tfrecord", "path": bench.imagenet_like_records(str(tmp_path), 4),
+                                     "num_classes": -1})
+    assert sources.describe(cfg, "train").image_shape == (None, None, 3)  # the variable-size path, as ImageNet
+    peer = bench.pil_views_per_second(cfg, 96, seconds=0.2)
+    assert peer["views_per_cpu_second"] > 0 and peer["preset"] == "imagenet"

@@ -103,6 +103,31 @@ def test_pretrain_iterator_on_tfrecords(cifar10_dir, cache):
     assert batch["view1"].shape == (32, 32, 32, 3) and set(batch["label"]) <= set(range(10))
 
 
+@pytest.mark.parametrize("cache", [False, True])
+def test_variable_size_images_are_cropped_per_image(tmp_path, cache):
+    """ImageNet-like data (sizes vary): views decoded from the crops' window (or from cached pixels), the same
+    batches from the same seed, and supervised crops of the same size; a corrupt record is skipped."""
+    sizes = [(40, 60), (50, 30), (24, 24), (70, 45)] * 4
+    records = [tf.io.encode_jpeg(np.random.default_rng(i).integers(0, 256, (h, w, 3), np.uint8)).numpy()
+               for i, (h, w) in enumerate(sizes)]
+    with tf.io.TFRecordWriter(str(tmp_path / "train-00000-of-00001.tfrecord")) as writer:
+        for i, jpeg in enumerate(records[:8] + [b"not a jpeg"] + records[8:]):
+            writer.write(tf.train.Example(features=tf.train.Features(feature={
+                "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[jpeg])),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[i % 3]))})).SerializeToString())
+    cfg = _tfrecord_cfg(tmp_path)
+    cfg.cache, cfg.shuffle_buffer = cache, 16
+    specs = data.spec_from_config({"preset": "imagenet"})
+    batches = [next(data.pretrain_iterator(cfg, specs, local_batch=8, image_size=28, seed=1)) for _ in range(2)]
+    batch = batches[0]
+    assert batch["view1"].shape == batch["view2"].shape == (8, 28, 28, 3)
+    assert 0 <= batch["view1"].min() and batch["view1"].max() <= 1 and not np.allclose(batch["view1"], batch["view2"])
+    for key in batch:
+        np.testing.assert_array_equal(batches[0][key], batches[1][key])
+    stream = data.supervised_iterator(cfg, "train", local_batch=16, image_size=20, seed=0)
+    assert next(stream)["image"].shape == (16, 20, 20, 3) and stream.skipped == 1
+
+
 def test_supervised_iterator_keeps_to_the_subset():
     indices = [0, 5, 10, 15]
     wanted = {int(e["label"]) for i, e in enumerate(data.load_split(DIGITS, "train").dataset.as_numpy_iterator())

@@ -17,21 +17,26 @@ The first three are affine colour maps, so the ops on either side of hue (and gr
 into one affine map per image. Values are therefore clipped to [0, 1] around the hue step and at the end, not
 after every op as in the reference; the two differ only where an intermediate value leaves [0, 1].
 
-Colour, grayscale, blur and solarize run as one XLA-compiled function: on CPU, TF's op-by-op kernels spent ~4x
-longer on this elementwise chain (hue alone: 90 us/view op-by-op, 156 us/view with tf.image.adjust_hue per image,
-20 us/view fused, at 32 px). Blur is a sum of shifted copies for the same reason.
+Colour and grayscale run as one XLA-compiled function, each blur pass as another: on CPU, TF's op-by-op kernels
+spent ~4x longer on this elementwise chain (hue alone: 90 us/view op-by-op, 156 us/view with tf.image.adjust_hue
+per image, 20 us/view fused, at 32 px). Blur is a sum of shifted copies for the same reason.
+
+Variable-size images (ImageNet) are cropped and flipped per image first, from their JPEG bytes (`random_crops`:
+only the crops' window is decoded), and the rest runs per batch on the cropped views (`after_crop`).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import tensorflow as tf
 
 GREY_WEIGHTS = (0.2989, 0.5870, 0.1140)  # ITU-R 601 luma, as tf.image.rgb_to_grayscale
 CROP_ATTEMPTS = 10  # boxes tried per example before falling back to the centre crop, as Inception's crop
+DCT_FACTORS = (1, 2, 4, 8)  # the downscaling factors libjpeg applies while decoding
+BLUR_TRUNCATE = 3.0  # blur kernels end at 3 sigma_max (see blur_radius)
 AFFINE_OPS = ("brightness", "contrast", "saturation")  # jitter ops; hue is the fourth, index 3
 _DRAWS = ("crop", "flip", "jitter", "jitter_order", "grayscale", "blur", "solarize")
 
@@ -193,23 +198,66 @@ def apply_params(images: tf.Tensor, spec: AugmentSpec, params: dict[str, tf.Tens
     return _augment_fn(spec, out_size)(images, params)
 
 
-@functools.cache
+def blur_radius(spec: AugmentSpec, out_size: int) -> int:
+    """Taps either side of the blur kernel: SimCLR's kernel of 10% of the side (made odd), cut at
+    BLUR_TRUNCATE x the largest sigma, beyond which a Gaussian holds 0.1% of its weight (23 -> 13 taps at 224 px
+    with sigma <= 2; a blurred value moves by under 0.25% of the range, less than one uint8 level)."""
+    return min(int(out_size * spec.blur_kernel_fraction) // 2, math.ceil(BLUR_TRUNCATE * spec.blur_sigma_max))
+
+
 def _augment_fn(spec: AugmentSpec, out_size: int):
-    """Crop, flip, colour, grayscale, blur and solarize as one XLA function: fusing the elementwise chain is
-    about 4x faster than TF's op-by-op kernels on CPU. The random draws stay outside it, so results do not depend
-    on XLA's RNG."""
+    """Crop, flip, colour and grayscale as one XLA function, then each blur pass as its own: fusing the
+    elementwise chain is ~4x faster than TF's op-by-op kernels on CPU, but with both blur passes in one function
+    XLA recomputes the first pass for every tap of the second (2.2x slower at 224 px). The random draws stay
+    outside, so results do not depend on XLA's RNG."""
+    colour = _colour_fn(spec, out_size)
+    radius = blur_radius(spec, out_size) if spec.blur_prob > 0 else 0
+    if radius == 0:
+        return (lambda images, params: _finish_fn(spec, 0)(colour(images, params), None, params["solarize"])
+                ) if spec.solarize_prob > 0 else colour
+
     def apply(images, params):
-        views = _crop_and_flip(images, params["boxes"], params["flip"], out_size)
+        kernel = _blur_kernel(tf.where(params["blur"], params["sigma"], 0.0), radius)
+        views = _blur_pass_fn(radius)(colour(images, params), kernel)
+        return _finish_fn(spec, radius)(views, kernel, params["solarize"])
+    return apply
+
+
+@functools.cache
+def _colour_fn(spec: AugmentSpec, out_size: int):
+    def apply(images, params):
+        if _is_full_frame(spec) and images.shape[1] == images.shape[2] == out_size:  # done by random_crops
+            views = tf.cast(images, tf.float32) * (1 / 255 if images.dtype == tf.uint8 else 1.0)
+        else:
+            views = _crop_and_flip(images, params["boxes"], params["flip"], out_size)
         if spec.grayscale_prob > 0 or (spec.jitter_prob > 0 and any(spec.jitter_strengths().values())):
             views = _color(views, params, spec)
-        radius = int(out_size * spec.blur_kernel_fraction) // 2  # SimCLR: kernel = side // 10, made odd
-        if spec.blur_prob > 0 and radius > 0:
-            views = _gaussian_blur(views, tf.where(params["blur"], params["sigma"], 0.0), radius)
-        if spec.solarize_prob > 0:
-            flip_values = params["solarize"][:, None, None, None] & (views >= spec.solarize_threshold)
-            views = tf.where(flip_values, 1.0 - views, views)
         return views
     return tf.function(apply, jit_compile=True)
+
+
+@functools.cache
+def _finish_fn(spec: AugmentSpec, radius: int):
+    """The blur's pass along the width (if radius > 0), clipping (the normalised kernel can sum to 1 + eps) and
+    solarize."""
+    def apply(views, kernel, solarize):
+        if radius > 0:
+            views = tf.clip_by_value(_blur_along(views, kernel, radius, axis=2), 0.0, 1.0)
+        if spec.solarize_prob > 0:
+            views = tf.where(solarize[:, None, None, None] & (views >= spec.solarize_threshold), 1.0 - views, views)
+        return views
+    return tf.function(apply, jit_compile=True)
+
+
+@functools.cache
+def _blur_pass_fn(radius: int):
+    """The blur's pass along the height, an XLA function of its own (see _augment_fn)."""
+    return tf.function(lambda views, kernel: _blur_along(views, kernel, radius, axis=1), jit_compile=True)
+
+
+def _is_full_frame(spec: AugmentSpec) -> bool:
+    return (spec.crop_area_min, spec.crop_area_max, spec.aspect_min, spec.aspect_max, spec.flip_prob) == \
+        (1.0, 1.0, 1.0, 1.0, 0.0)
 
 
 def two_views(images: tf.Tensor, specs: tuple[AugmentSpec, AugmentSpec], seed: Any,
@@ -218,17 +266,77 @@ def two_views(images: tf.Tensor, specs: tuple[AugmentSpec, AugmentSpec], seed: A
     return augment_batch(images, specs[0], seed1, out_size), augment_batch(images, specs[1], seed2, out_size)
 
 
-def random_crop(image: tf.Tensor, spec: AugmentSpec, seed: Any, out_size: int) -> tf.Tensor:
-    """One image of any size -> [out_size,out_size,3] random resized crop (no flip), for variable-size data."""
-    shape = tf.shape(image)
-    boxes = _sample_boxes(spec, tf.random.experimental.stateless_split(as_seed(seed), len(_DRAWS))[0],
-                          1, shape[0], shape[1])
-    return _crop_and_flip(image[None], boxes, tf.zeros([1], tf.bool), out_size)[0]
+def random_crops(image: tf.Tensor, specs: Sequence[AugmentSpec], seed: Any, out_size: int) -> tf.Tensor:
+    """One image of any size -> [len(specs), S, S, 3] float32 views in [0, 1]: each spec's random resized crop,
+    flipped with its flip_prob; the rest of each view's augmentation then runs per batch (`after_crop`).
+
+    `image` is uint8 [H,W,3] or its encoded bytes. JPEG bytes are decoded once for all the views and only within
+    the window holding their crops (tf.io.decode_and_crop_jpeg); where every crop is at least 2, 4 or 8 times the
+    output side, libjpeg also shrinks by that factor as it decodes (DCT-domain scaling), and the crops' edges round
+    outwards to the shrunk pixel grid. Other formats are decoded whole.
+    """
+    seeds = tf.unstack(tf.random.experimental.stateless_split(as_seed(seed), len(specs)))
+    if image.dtype != tf.string:
+        boxes, flips = crop_boxes(specs, seeds, tf.shape(image)[0], tf.shape(image)[1])
+        return _resize_crops(image, boxes, flips, out_size)
+
+    def jpeg():
+        shape = tf.io.extract_jpeg_shape(image)
+        boxes, flips = crop_boxes(specs, seeds, shape[0], shape[1])
+        smallest = tf.reduce_min(boxes[:, 2:])
+        shrink = tf.reduce_sum(tf.cast(smallest >= [f * out_size for f in DCT_FACTORS[1:]], tf.int32))
+        return tf.switch_case(shrink, [functools.partial(_decode_crops, image, shape, boxes, flips, out_size, factor)
+                                       for factor in DCT_FACTORS])
+
+    def other():
+        decoded = tf.io.decode_image(image, channels=3, expand_animations=False)
+        boxes, flips = crop_boxes(specs, seeds, tf.shape(decoded)[0], tf.shape(decoded)[1])
+        return _resize_crops(decoded, boxes, flips, out_size)
+
+    return tf.cond(tf.io.is_jpeg(image), jpeg, other)
 
 
-def without_crop(spec: AugmentSpec) -> AugmentSpec:
-    """The spec for views already cropped by `random_crop`: a full-image box resized to its own size is exact."""
-    return dataclasses.replace(spec, crop_area_min=1.0, crop_area_max=1.0, aspect_min=1.0, aspect_max=1.0)
+def crop_boxes(specs: Sequence[AugmentSpec], seeds: Sequence[tf.Tensor], height, width) -> tuple[tf.Tensor, list]:
+    """`random_crops`'s choices for an image of height x width: int32 [V,4] boxes (top, left, height, width) and a
+    flip flag per view, view v drawn from seeds[v] (exposed so tests can count them)."""
+    boxes, flips = [], []
+    for spec, seed in zip(specs, seeds):
+        draws = tf.unstack(tf.random.experimental.stateless_split(seed, len(_DRAWS)))
+        boxes.append(_sample_boxes(spec, draws[0], 1, height, width)[0])
+        flips.append(tf.random.stateless_uniform([], draws[1]) < spec.flip_prob)
+    return tf.stack(boxes), flips
+
+
+def _decode_crops(encoded: tf.Tensor, shape: tf.Tensor, boxes: tf.Tensor, flips: list, out_size: int,
+                  factor: int) -> tf.Tensor:
+    """Decodes the window around `boxes` at 1/factor scale (libjpeg's output side there is ceil(side / factor))
+    and resizes each box from it."""
+    scaled = -(-shape[:2] // factor)
+    starts = boxes[:, :2] // factor
+    ends = tf.minimum(-(-(boxes[:, :2] + boxes[:, 2:]) // factor), scaled)
+    corner = tf.reduce_min(starts, axis=0)
+    window = tf.concat([corner, tf.reduce_max(ends, axis=0) - corner], axis=0)
+    decoded = tf.io.decode_and_crop_jpeg(encoded, window, channels=3, ratio=factor)
+    return _resize_crops(decoded, tf.concat([starts - corner, ends - starts], axis=1), flips, out_size)
+
+
+def _resize_crops(image: tf.Tensor, boxes: tf.Tensor, flips: list, out_size: int) -> tf.Tensor:
+    """Each box of `image`, flipped where `flips` says, resized bilinearly with the output's corners on the centres
+    of the box's corner pixels, as `_crop_and_flip`; uint8 input is scaled to [0, 1]."""
+    views = []
+    for box, flip in zip(tf.unstack(boxes), flips):
+        crop = image[box[0]:box[0] + box[2], box[1]:box[1] + box[3]]
+        crop = tf.cond(flip, lambda c=crop: tf.reverse(c, [1]), lambda c=crop: c)
+        views.append(tf.raw_ops.ResizeBilinear(images=crop[None], size=[out_size, out_size], align_corners=True)[0])
+    views = tf.stack(views)
+    return views * (1 / 255) if image.dtype == tf.uint8 else views
+
+
+def after_crop(spec: AugmentSpec) -> AugmentSpec:
+    """The spec for views already cropped and flipped by `random_crops`: the batch step leaves their pixels where
+    they are."""
+    return dataclasses.replace(spec, crop_area_min=1.0, crop_area_max=1.0, aspect_min=1.0, aspect_max=1.0,
+                               flip_prob=0.0)
 
 
 def eval_crop_fraction(image_shape) -> float:
@@ -330,19 +438,23 @@ def _shift_hue(images: tf.Tensor, delta: tf.Tensor) -> tf.Tensor:
     return tf.stack(channels, axis=-1)
 
 
-def _gaussian_blur(images: tf.Tensor, sigma: tf.Tensor, radius: int) -> tf.Tensor:
-    """Separable Gaussian blur with a per-example sigma (0: unchanged), reflect-padded so borders keep brightness.
+def _blur_kernel(sigma: tf.Tensor, radius: int) -> tf.Tensor:
+    """[B, 2 radius + 1] normalised Gaussian taps per example; sigma 0 gives the identity."""
+    taps = tf.range(-radius, radius + 1, dtype=tf.float32)
+    kernel = tf.exp(-0.5 * tf.square(taps / tf.maximum(sigma, 1e-3)[:, None]))
+    kernel = tf.where(sigma[:, None] > 0, kernel, tf.cast(taps == 0, tf.float32))
+    return kernel / tf.reduce_sum(kernel, axis=1, keepdims=True)
+
+
+def _blur_along(images: tf.Tensor, kernel: tf.Tensor, radius: int, axis: int) -> tf.Tensor:
+    """One pass of a separable Gaussian blur along `axis` (1 or 2), reflect-padded so borders keep brightness.
 
     Written as a sum of shifted copies: inside XLA it fuses into one loop, where a depthwise convolution with
     per-example kernels (batch folded into channels) measured several times slower.
     """
-    taps = tf.range(-radius, radius + 1, dtype=tf.float32)
-    kernel = tf.exp(-0.5 * tf.square(taps / tf.maximum(sigma, 1e-3)[:, None]))
-    kernel = tf.where(sigma[:, None] > 0, kernel, tf.cast(taps == 0, tf.float32))
-    kernel = kernel / tf.reduce_sum(kernel, axis=1, keepdims=True)
-    height, width = images.shape[1], images.shape[2]
-    padded = tf.pad(images, [[0, 0], [radius, radius], [0, 0], [0, 0]], mode="REFLECT")
-    images = sum(kernel[:, j, None, None, None] * padded[:, j:j + height] for j in range(2 * radius + 1))
-    padded = tf.pad(images, [[0, 0], [0, 0], [radius, radius], [0, 0]], mode="REFLECT")
-    images = sum(kernel[:, j, None, None, None] * padded[:, :, j:j + width] for j in range(2 * radius + 1))
-    return tf.clip_by_value(images, 0.0, 1.0)  # the normalised kernel can sum to 1 + eps
+    size = images.shape[axis]
+    pad = [[0, 0]] * 4
+    pad[axis] = [radius, radius]
+    padded = tf.pad(images, pad, mode="REFLECT")
+    shifted = (lambda j: padded[:, j:j + size]) if axis == 1 else (lambda j: padded[:, :, j:j + size])
+    return sum(kernel[:, j, None, None, None] * shifted(j) for j in range(2 * radius + 1))

@@ -5,9 +5,10 @@ them): random resized crop and flip, colour jitter in a random order per example
 solarize. Given the same parameters (`sample_params` dicts have the same keys and meanings) both give the same
 views up to float rounding; only the random number generators differ.
 
-Why on device: at 224 px tf.data manages ~100-200 views per CPU-second, far below what one GPU or TPU core trains
-on, while these ops are a few elementwise passes and gathers per view for an accelerator. The host then only
-decodes and ships one uint8 image per example instead of two float32 views: 8x fewer host-to-device bytes at
+Why on device: where a host's CPU cores cannot make views as fast as its accelerators train on them
+(docs/scaling.md, "Host or device augmentation", and sslx-benchmark's feed line decide), while for an
+accelerator these ops are a few elementwise passes and gathers per view. The host then only decodes and ships
+one uint8 image per example instead of two float32 views: 8x fewer host-to-device bytes at
 equal size (4x from the dtype, 2x from the views).
 
 Every op is per example, and example i of the global batch draws from fold_in(key, i): under `make_two_views`
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
-from sslx.data.augment import AFFINE_OPS, CROP_ATTEMPTS, GREY_WEIGHTS, AugmentSpec
+from sslx.data.augment import AFFINE_OPS, CROP_ATTEMPTS, GREY_WEIGHTS, AugmentSpec, blur_radius
 from sslx.parallel import BATCH_AXIS
 
 
@@ -120,7 +121,7 @@ def _augment_one(image: jax.Array, params: dict[str, jax.Array], spec: AugmentSp
         view = view / 255.0
     if spec.grayscale_prob > 0 or (spec.jitter_prob > 0 and any(spec.jitter_strengths().values())):
         view = _color(view, params, spec)
-    radius = int(out_size * spec.blur_kernel_fraction) // 2  # SimCLR: kernel = side // 10, made odd
+    radius = blur_radius(spec, out_size)  # SimCLR's side // 10, cut at 3 sigma_max as on the host
     if spec.blur_prob > 0 and radius > 0:
         view = _gaussian_blur(view, jnp.where(params["blur"], params["sigma"], 0.0), radius)
     if spec.solarize_prob > 0:

@@ -56,9 +56,14 @@ def split_names(data_cfg) -> list[str]:
     return [name for name in _subfolders(root) if _images_under(posixpath.join(root, name))]
 
 
+def read_file(record: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """{'path', 'label'} -> {'image': the file's bytes, 'label'}."""
+    return {"image": tf.io.read_file(record["path"]), "label": record["label"]}
+
+
 def decode_file(record: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     """{'path', 'label'} -> {'image': uint8 [H,W,3], 'label'} (JPEG or PNG, greyscale and RGBA to RGB)."""
-    image = tf.io.decode_image(tf.io.read_file(record["path"]), channels=3, expand_animations=False)
+    image = tf.io.decode_image(read_file(record)["image"], channels=3, expand_animations=False)
     return {"image": image, "label": record["label"]}
 
 

@@ -44,10 +44,10 @@ def pretrain_iterator(data_cfg, specs: tuple[augment.AugmentSpec, augment.Augmen
     source = sources.load_split(data_cfg, data_cfg.get("train_split", "train"),
                                 process_index=process_index, process_count=process_count)
     seed = _process_seed(seed, process_index)
-    examples = _examples(source.records, source.decode, data_cfg, seed, start)
     locate = _locator(source.records, source.decode, data_cfg, seed)
     if on_device:
         host_size = host_size or default_host_size(image_size)
+        examples = _examples(source.records, source.decode, data_cfg, seed, start)
         return InputStream(_device_inputs(examples, source, local_batch, seed, host_size), start, locate)
 
     def views(batch, batch_seed):
@@ -55,25 +55,26 @@ def pretrain_iterator(data_cfg, specs: tuple[augment.AugmentSpec, augment.Augmen
         return {"view1": view1, "view2": view2, "label": batch["label"], **_positions(batch)}
 
     if _fixed_size(source):
-        batches = examples.batch(local_batch, drop_remainder=True)
+        batches = _examples(source.records, source.decode, data_cfg, seed, start).batch(local_batch,
+                                                                                        drop_remainder=True)
         return InputStream(_with_seeds(batches, seed, first_batch).map(views, num_parallel_calls=AUTOTUNE),
                            start, locate)
-    # Variable-size images: each view's crop happens per image, the rest of the augmentation per batch.
-    uncropped = tuple(augment.without_crop(spec) for spec in specs)
+    # Variable-size images: each view's crop (and flip) happens per image, decoding only the crops' window; the
+    # rest of the augmentation per batch.
+    cropped = tuple(augment.after_crop(spec) for spec in specs)
 
     def crops(example):
-        seeds = tf.random.experimental.stateless_split(_record_seed(seed, example), 2)
-        return {"image": tf.stack([augment.random_crop(example["image"], spec, s, image_size)
-                                   for spec, s in zip(specs, tf.unstack(seeds))]), "label": example["label"],
-                **_positions(example)}
+        return {**example, "image": augment.random_crops(example["image"], specs, _record_seed(seed, example),
+                                                         image_size)}
 
     def rest(batch, batch_seed):
         seed1, seed2 = tf.unstack(tf.random.experimental.stateless_split(batch_seed, 2))
-        return {"view1": augment.augment_batch(batch["image"][:, 0], uncropped[0], seed1, image_size),
-                "view2": augment.augment_batch(batch["image"][:, 1], uncropped[1], seed2, image_size),
+        return {"view1": augment.augment_batch(batch["image"][:, 0], cropped[0], seed1, image_size),
+                "view2": augment.augment_batch(batch["image"][:, 1], cropped[1], seed2, image_size),
                 "label": batch["label"], **_positions(batch)}
 
-    batches = examples.map(crops, num_parallel_calls=AUTOTUNE).batch(local_batch, drop_remainder=True)
+    examples = _examples(source.records, _reader(source, data_cfg), data_cfg, seed, start, then=crops)
+    batches = examples.batch(local_batch, drop_remainder=True)
     return InputStream(_with_seeds(batches, seed, first_batch).map(rest, num_parallel_calls=AUTOTUNE),
                        start, locate)
 
@@ -150,18 +151,20 @@ def supervised_iterator(data_cfg, split: str, *, local_batch: int, image_size: i
         source = sources.load_split(data_cfg, split, process_index=process_index, process_count=process_count)
     else:
         source = _subset(sources.load_split(data_cfg, split), indices, process_index, process_count)
-    examples = _examples(source.records, source.decode, data_cfg, seed, start)
+
+    if _fixed_size(source):
+        examples, batch_spec = _examples(source.records, source.decode, data_cfg, seed, start), spec
+    else:
+        def one(example):
+            image = augment.random_crops(example["image"], [spec], _record_seed(seed, example), image_size)[0]
+            return {**example, "image": image}
+        examples = _examples(source.records, _reader(source, data_cfg), data_cfg, seed, start, then=one)
+        batch_spec = augment.after_crop(spec)
 
     def crop(batch, batch_seed):
-        return {"image": augment.augment_batch(batch["image"], spec, batch_seed, image_size),
+        return {"image": augment.augment_batch(batch["image"], batch_spec, batch_seed, image_size),
                 "label": batch["label"], **_positions(batch)}
 
-    if not _fixed_size(source):
-        def one(example):
-            image = augment.random_crop(example["image"], spec, _record_seed(seed, example), image_size)
-            return {**example, "image": image}
-        spec = augment.without_crop(spec)
-        examples = examples.map(one, num_parallel_calls=AUTOTUNE)
     batches = examples.batch(local_batch, drop_remainder=True)
     return InputStream(_with_seeds(batches, seed, first_batch).map(crop, num_parallel_calls=AUTOTUNE),
                        start, _locator(source.records, source.decode, data_cfg, seed))
@@ -234,14 +237,22 @@ def _epoch_stream(records: tf.data.Dataset, decode_fn, data_cfg, seed: tf.Tensor
     return tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch)
 
 
-def _examples(records: tf.data.Dataset, decode_fn, data_cfg, seed: tf.Tensor, start: Position) -> tf.data.Dataset:
-    """Decoded examples {'image', 'label', '_epoch', '_index'} of the epoch stream from `start`; with
-    data.skip_corrupt (default) a record that does not decode is dropped (InputStream counts it from the gap in the
-    positions) instead of stopping the run."""
+def _examples(records: tf.data.Dataset, decode_fn, data_cfg, seed: tf.Tensor, start: Position,
+              then: Callable[[dict], dict] | None = None) -> tf.data.Dataset:
+    """Decoded examples {'image', 'label', '_epoch', '_index'} of the epoch stream from `start`, each passed
+    through `then` if given; with data.skip_corrupt (default) a record that does not decode is dropped (InputStream
+    counts it from the gap in the positions) instead of stopping the run."""
     stream = _epoch_stream(records, decode_fn, data_cfg, seed, start)
     decode = (lambda record: record) if data_cfg.get("cache", False) else decode_fn  # cached ones are decoded
-    examples = stream.map(lambda position, record: {**decode(record), **position}, num_parallel_calls=AUTOTUNE)
+    then = then or (lambda example: example)
+    examples = stream.map(lambda position, record: then({**decode(record), **position}), num_parallel_calls=AUTOTUNE)
     return examples.ignore_errors() if data_cfg.get("skip_corrupt", True) else examples
+
+
+def _reader(source: sources.Source, data_cfg) -> Callable:
+    """What to read records with before `augment.random_crops`: their encoded bytes, so that it decodes only what
+    it crops, unless the images are cached decoded (data.cache) or stored as pixels."""
+    return source.decode if data_cfg.get("cache", False) or source.encoded is None else source.encoded
 
 
 def _positions(batch: dict) -> dict:

@@ -29,10 +29,13 @@ class SplitInfo:
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """One process's shard of a split: undecoded `records` and `decode` (record -> {'image','label'})."""
+    """One process's shard of a split: undecoded `records`, `decode` (record -> {'image','label'}) and, where
+    records hold encoded images, `encoded` (record -> {'image': the file's bytes, 'label'}), so that a pipeline
+    can decode only the part of the image it uses (augment.random_crops)."""
     records: tf.data.Dataset
     decode: Callable[[Any], dict[str, tf.Tensor]]
     info: SplitInfo
+    encoded: Callable[[Any], dict[str, tf.Tensor]] | None = None
 
     @property
     def dataset(self) -> tf.data.Dataset:
@@ -87,14 +90,15 @@ def load_split(data_cfg, split: str, *, process_index: int = 0, process_count: i
             records = _take(tf.data.TFRecordDataset(files), max_examples).shard(process_count, process_index)
         else:
             records = tf.data.TFRecordDataset(files[process_index::process_count])
-        return Source(records, _decode_example, info)
+        return Source(records, _decode_example, info, _parse_example)
     if name == "folder":
         files = folder.split_files(data_cfg, split)
         records = tf.data.Dataset.from_tensor_slices({"path": list(files.paths), "label": files.labels})
-        return Source(_take(records, max_examples).shard(process_count, process_index), folder.decode_file, info)
+        return Source(_take(records, max_examples).shard(process_count, process_index), folder.decode_file, info,
+                      folder.read_file)
     builder = _tfds_builder(name, data_cfg.get("data_dir"))
     return Source(_tfds_records(builder, split, process_index, process_count, max_examples),
-                  _decode_tfds, info)
+                  _decode_tfds, info, _tfds_encoded)
 
 
 def labels_and_ids(data_cfg, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -160,10 +164,14 @@ _FEATURES = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.Fixed
 _KEY_FEATURES = {"label": _FEATURES["label"], "id": tf.io.FixedLenFeature([], tf.string, "")}
 
 
-def _decode_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+def _parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
     example = tf.io.parse_single_example(serialized, _FEATURES)
-    image = tf.io.decode_jpeg(example["image"], channels=3)
-    return {"image": image, "label": tf.cast(example["label"], tf.int32)}
+    return {"image": example["image"], "label": tf.cast(example["label"], tf.int32)}
+
+
+def _decode_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+    example = _parse_example(serialized)
+    return {**example, "image": tf.io.decode_jpeg(example["image"], channels=3)}
 
 
 def _count_records(file: str, path: str) -> int:
@@ -245,10 +253,14 @@ def _tfds_records(builder, split: str, process_index: int, process_count: int, m
                               decoders={"image": tfds.decode.SkipDecoding()})
 
 
-def _decode_tfds(record: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    image = tf.io.decode_image(record["image"], channels=3, expand_animations=False)
+def _tfds_encoded(record: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     label = record["label"] if "label" in record else tf.constant(-1, tf.int64)
-    return {"image": image, "label": tf.cast(label, tf.int32)}
+    return {"image": record["image"], "label": tf.cast(label, tf.int32)}
+
+
+def _decode_tfds(record: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    example = _tfds_encoded(record)
+    return {**example, "image": tf.io.decode_image(example["image"], channels=3, expand_animations=False)}
 
 
 def class_names(data_cfg, split: str) -> tuple[str, ...]:

@@ -102,7 +102,7 @@ def get_config():
     c.linear_eval = linear_eval_config()
     c.finetune = finetune_config()
     # The self-distilled student starts from the pretrained encoder (the paper's trains from scratch for 400
-    # epochs; here 150 steps from scratch ended 7-8 points below the teacher) and adds 0.1 x the cross-entropy on
+    # epochs; here 150 steps from scratch lost ground to the teacher, issue 16) and adds 0.1 x the cross-entropy on
     # the fine-tune's labels (the paper's eq. 4 option). With the tau^2 factor of sslx.losses.distillation, the
     # distillation gradient at tau 0.1 is a tenth of a cross-entropy's, so 0.1 weighs the two alike; weight 1
     # turns the stage into a second fine-tune (10%: 1.2 points below the teacher).

@@ -38,6 +38,7 @@ def get_config():
     c.linear_eval = sibling("linear_eval_imagenet")
     c.linear_eval.linear.mode = "fast"
     c.finetune = sibling("finetune_imagenet_1pct")
+    c.self_distill_from_pretrained = False   # the paper's self-distilled student starts from scratch
     c.self_distill = sibling("distill_imagenet")
     c.self_distill.student.model.name = ""   # the teacher's architecture
     c.self_distill.distill.temperature = 0.1

@@ -3,9 +3,11 @@
     python launch/simclrv2_recipe.py --config configs/simclrv2_recipe_cifar10.py --workdir ROOT [--config.key=value]
 
 pretrain (3-layer head) -> linear eval (fast) -> for each label fraction: fine-tune from the first head layer ->
-self-distil -> distil into the smaller student. A stage whose workdir already has results.json is skipped and
-the stages resume from their checkpoints, so rerunning the command continues an interrupted recipe. The table
-(stage, model, labels used, top-1) is printed and written to ROOT/summary.json and ROOT/summary.md.
+self-distil (the student starts from ROOT/pretrain's encoder when config.self_distill_from_pretrained) -> distil
+into the smaller student; a distillation's labelled loss (supervised_weight > 0) reads the fine-tune's labels.
+A stage whose workdir already has results.json is skipped and the stages resume from their checkpoints, so
+rerunning the command continues an interrupted recipe. The table (stage, model, labels used, top-1) is printed
+and written to ROOT/summary.json and ROOT/summary.md.
 """
 from __future__ import annotations
 
@@ -68,12 +70,23 @@ def plan(config: ml_collections.ConfigDict, root: epath.Path) -> list[Stage]:
         tuned = copy_section(config.finetune, pretrained=pretrained)
         tuned.finetune.label_fraction = fraction
         tuned.finetune.epochs = float(fraction_epochs)
+        self_distill = distill_section(config.self_distill, root / f"finetune_{tag}", tuned.finetune)
+        if config.get("self_distill_from_pretrained", False):
+            self_distill.student.pretrained = pretrained
         stages += [Stage(f"finetune_{tag}", labels, run_finetune, tuned),
-                   Stage(f"self_distill_{tag}", labels, run_distill,
-                         copy_section(config.self_distill, teacher=str(root / f"finetune_{tag}"))),
+                   Stage(f"self_distill_{tag}", labels, run_distill, self_distill),
                    Stage(f"distill_{tag}", labels, run_distill,
-                         copy_section(config.distill, teacher=str(root / f"self_distill_{tag}")))]
+                         distill_section(config.distill, root / f"self_distill_{tag}", tuned.finetune))]
     return stages
+
+
+def distill_section(section: ml_collections.ConfigDict, teacher: epath.Path,
+                    labels: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A distillation stage's config: its teacher, and for its labelled loss (supervised_weight > 0) the labelled
+    subset the fine-tune used (`labels`: that stage's finetune section)."""
+    distilled = copy_section(section, teacher=str(teacher))
+    distilled.distill.label_fraction, distilled.distill.subset_seed = labels.label_fraction, labels.subset_seed
+    return distilled
 
 
 def run_stage(stage: Stage, root: epath.Path) -> dict[str, Any]:

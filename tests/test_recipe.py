@@ -1,5 +1,6 @@
 """The SimCLRv2 recipe on real CIFAR-10, shrunk further: every stage runs on the previous stage's workdir, each
-records a top-1 in ROOT/summary.json, and a rerun skips the finished stages."""
+records a top-1 in ROOT/summary.json, the self-distilled student beats its fine-tuned teacher (the paper's
+ordering), and a rerun skips the finished stages."""
 import importlib.util
 import json
 import pathlib
@@ -10,6 +11,7 @@ import pytest
 from sslx.config import load_recipe
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+SELF_DISTILL_MARGIN = 0.005   # top-1 the self-distilled student gains over its teacher here (measured: 26.0 vs 24.9)
 
 
 def load(path, name):
@@ -30,6 +32,10 @@ def tiny_recipe(cifar10_dir):
     c.linear_eval.linear.epochs = 2
     for section in (c.self_distill, c.distill):
         section.distill.total_steps, section.distill.batch_size = 20, 128
+    # The self-distilled student's new classifier needs more than 20 LARS steps to catch up with its teacher (20
+    # steps: 18.5 vs the fine-tune's 24.9); compiling and evaluating dominate the stage's time either way.
+    c.self_distill.distill.total_steps, c.self_distill.distill.optim.warmup_steps = 120, 5
+    c.self_distill.distill.labelled_batch_size = 64
     return c
 
 
@@ -46,6 +52,15 @@ def test_recipe_runs_every_stage_and_resumes(cifar10_dir, tmp_path):
                 for name in ("self_distill_1pct", "distill_1pct")]
     assert teachers == [str(tmp_path / "finetune_1pct"), str(tmp_path / "self_distill_1pct")]
     assert "| distill_1pct | resnet18 0.0625x | 1% |" in (tmp_path / "summary.md").read_text()
+    # The self-distilled student starts from the pretrained encoder and its labelled loss reads the fine-tune's labels.
+    self_distilled = json.loads((tmp_path / "self_distill_1pct" / "results.json").read_text())
+    assert self_distilled["student_pretrained"] == str(tmp_path / "pretrain")
+    assert self_distilled["num_labelled"] == json.loads((tmp_path / "finetune_1pct" / "results.json").read_text())[
+        "num_labelled"] == 500
+    # SimCLRv2's ordering: the self-distilled student matches or beats its fine-tuned teacher.
+    top1 = {r["stage"]: r["top1"] for r in summary}
+    print(f"recipe at test size: {top1}")
+    assert top1["self_distill_1pct"] >= top1["finetune_1pct"] + SELF_DISTILL_MARGIN
     # Finished stages are skipped: a rerun with a different distillation would not touch its workdir.
     before = (tmp_path / "distill_1pct" / "results.json").read_text()
     config = tiny_recipe(cifar10_dir)

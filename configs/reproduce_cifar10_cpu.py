@@ -1,4 +1,4 @@
-"""Suite cifar10-cpu: all eight methods on real CIFAR-10 within 30 minutes on a 2-core CPU, against the baselines.
+"""Suite cifar10-cpu: all eight methods on real CIFAR-10 on a 2-core CPU (budget 30 minutes), against the baselines.
 
     python launch/reproduce.py --config configs/reproduce_cifar10_cpu.py --workdir ROOT
 
@@ -8,6 +8,11 @@ augmentations) shrunk to what two CPU cores train in about three minutes: a ResN
 real CIFAR-10 JPEGs; relative to the repository root). Scored by kNN (k 200, T 0.07, the 50,000 train images
 as the bank) and fast linear eval (L-BFGS logistic regression on standardised features), next to the raw
 pixels and the same ResNet at a random initialisation, in the same run.
+Measured so far (the command above on a 2-core machine shared with other jobs, stopped after SimCLR): SimCLR
+kNN top-1 38.3, linear 42.5, against kNN 33.5 for the raw pixels and 29.5 for the random-init ResNet (the
+baselines' features scored by a script); SimCLR alone took 13.5 minutes of stage time there, so the budget is
+not met yet and the other seven methods are not measured. Periodic kNN points use a 10,000-image bank
+(config.pretrain.eval.knn_train_examples); the kNN stage's final point uses all 50,000.
 """
 from sslx.config import suite_config
 

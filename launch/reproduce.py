@@ -12,7 +12,6 @@ resumes from its checkpoints, so rerunning the command continues an interrupted 
 from __future__ import annotations
 
 import json
-import math
 import pathlib
 import sys
 import time
@@ -26,13 +25,6 @@ from sslx import paths
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BASELINES = (("pixels", "raw pixels"), ("random_init", "random init"))
 EVALS = ("knn", "linear")
-
-
-def resolve_repo_path(path: str) -> str:
-    """A relative path in a suite config is relative to the repository root, wherever the command runs."""
-    if path and not pathlib.Path(path).is_absolute() and "://" not in path:
-        return str((REPO / path).resolve())
-    return path
 
 
 def methods_of(config: ml_collections.ConfigDict) -> list[str]:
@@ -65,7 +57,7 @@ def pretrain_config(config: ml_collections.ConfigDict, method: str) -> ml_collec
     merge(recipe, config.pretrain, "config.pretrain")
     if method in config.method_overrides:
         merge(recipe, config.method_overrides[method], f"config.method_overrides.{method}")
-    recipe.data.path = resolve_repo_path(recipe.data.path)
+    recipe.data.path = paths.resolve_against(recipe.data.path, REPO)   # relative to the repository root
     examples = data.describe(recipe.data, recipe.data.train_split).num_examples
     recipe.eval.periodic = "knn"
     recipe.eval.every_steps = max(round(config.knn_every_epochs * examples / recipe.batch_size), 1)
@@ -74,34 +66,26 @@ def pretrain_config(config: ml_collections.ConfigDict, method: str) -> ml_collec
     return recipe
 
 
-def eval_config(config: ml_collections.ConfigDict, kind: str, pretrained: str,
-                baseline: str = "") -> ml_collections.ConfigDict:
+def eval_config(config: ml_collections.ConfigDict, pretrained: str, baseline: str = "") -> ml_collections.ConfigDict:
+    """The suite's kNN / linear-eval config (config.eval) for one encoder or baseline."""
     evaluation = ml_collections.ConfigDict(config.eval.to_dict())
     evaluation.pretrained, evaluation.baseline = pretrained, baseline
-    if kind == "linear":
-        evaluation.linear.mode = "fast"
     return evaluation
 
 
 def run_stage(run: Callable[[ml_collections.ConfigDict, str], dict], stage_config: ml_collections.ConfigDict,
               workdir: epath.Path) -> dict[str, Any]:
-    from sslx import metrics
-    results_path = workdir / "results.json"
-    if results_path.is_file():
-        metrics.log(f"reproduce: {workdir} is done; skipping it")
-    else:
-        metrics.log(f"reproduce: running {workdir}")
-        run(stage_config, str(workdir))
-    return json.loads(results_path.read_text(encoding="utf-8"))
+    from sslx import workdir as workdir_lib
+    return workdir_lib.run_unless_finished(run, stage_config, workdir, "reproduce")
 
 
 def evaluate(config: ml_collections.ConfigDict, pretrained: epath.Path, out: epath.Path,
              baseline: str = "") -> dict[str, dict]:
-    """kNN and fast linear eval of the encoder in `pretrained` (or of a baseline built from its config)."""
+    """kNN and linear eval of the encoder in `pretrained` (or of a baseline built from its config)."""
     from sslx.stages.knn import run_knn
     from sslx.stages.linear_eval import run_linear_eval
     runs = {"knn": run_knn, "linear": run_linear_eval}
-    return {kind: run_stage(runs[kind], eval_config(config, kind, str(pretrained), baseline), out / kind)
+    return {kind: run_stage(runs[kind], eval_config(config, str(pretrained), baseline), out / kind)
             for kind in EVALS}
 
 
@@ -142,12 +126,12 @@ def baseline_row(name: str, evaluations: dict[str, dict], reference: dict[str, A
 
 
 def knn_series(pretrain_dir: epath.Path, knn_key: str, final: tuple[float, float],
-               examples_per_step: float) -> tuple[list[float], list[float]]:
+               epochs_per_step: float) -> tuple[list[float], list[float]]:
     """(epochs, kNN top-1) of the periodic kNN during pretraining, ending with the kNN stage's score."""
     from sslx import plots
     records = plots.read_metrics(pretrain_dir)
     points = {int(r["step"]): r[knn_key] for r in records if r.get(knn_key) is not None}
-    points = {step * examples_per_step: value for step, value in sorted(points.items())}
+    points = {step * epochs_per_step: value for step, value in sorted(points.items())}
     points[final[0]] = final[1]
     return list(points), list(points.values())
 
@@ -169,8 +153,8 @@ def _minutes(seconds: float) -> str:
 
 
 def markdown(suite: str, rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
-    lines = [f"Suite `{suite}`: kNN (k {summary['knn_k']}, T {summary['knn_temperature']:g}) and fast linear eval "
-             f"top-1 (%) on {summary['dataset']} {summary['eval_split']}.", "",
+    lines = [f"Suite `{suite}`: kNN (k {summary['knn_k']}, T {summary['knn_temperature']:g}) and linear eval "
+             f"({summary['linear_mode']}) top-1 (%) on {summary['dataset']} {summary['eval_split']}.", "",
              "| method | backbone | epochs | batch | kNN top-1 | linear top-1 | wall time | img/s | device | "
              "published (kNN / linear) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -183,13 +167,22 @@ def markdown(suite: str, rows: list[dict[str, Any]], summary: dict[str, Any]) ->
                      f"{_points(row['knn_top1'])} | {_points(row['linear_top1'])} | "
                      f"{_minutes(row['wall_seconds'])} | {row['img_per_s'] or '-'} | "
                      f"{row['device_count']}x {row['device_kind']} | {published} |")
-    lines += ["", f"Total wall time {_minutes(summary['wall_seconds'])} (budget "
-              f"{summary['budget_minutes']:g} min: {'within' if summary['within_budget'] else 'OVER'}); "
-              f"process CPU time {_minutes(summary['cpu_seconds'])} in this invocation.",
+    budget = ("" if summary["within_budget"] is None else f" (budget {summary['budget_minutes']:g} min: "
+              f"{'within' if summary['within_budget'] else 'OVER'})")
+    lines += ["", f"Total wall time of the stages {_minutes(summary['wall_seconds'])}{budget}; process CPU time "
+              f"{_minutes(summary['cpu_seconds'])} in this invocation.",
               f"Methods beating both baselines on kNN: {summary['methods_beating_baselines_knn']}/"
               f"{summary['methods']}; on linear eval: {summary['methods_beating_baselines_linear']}/"
               f"{summary['methods']}."]
     return "\n".join(lines) + "\n"
+
+
+def write_suite_files(root: epath.Path, table: str, results: dict[str, Any], curve) -> None:
+    from sslx import metrics, plots
+    (root / "results.md").write_text(table, encoding="utf-8")
+    (root / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    plots.write_png(curve, root / "knn_curve.png")
+    metrics.log(f"reproduce: wrote {root / 'results.md'}, results.json and knn_curve.png")
 
 
 def run_suite(config: ml_collections.ConfigDict, root: str) -> dict[str, Any]:
@@ -215,22 +208,22 @@ def run_suite(config: ml_collections.ConfigDict, root: str) -> dict[str, Any]:
                      for kind, name in BASELINES]
     summary = {"suite": config.suite, "dataset": recipes[methods[0]].data.name,
                "eval_split": recipes[methods[0]].data.eval_split, "knn_k": config.eval.knn.ks[0],
-               "knn_temperature": config.eval.knn.temperature, "methods": len(rows),
+               "knn_temperature": config.eval.knn.temperature, "linear_mode": config.eval.linear.mode,
+               "methods": len(rows),
                "wall_seconds": sum(row["wall_seconds"] for row in rows + baseline_rows),
                "cpu_seconds": round(time.process_time() - cpu_started, 1),
                "invocation_seconds": round(time.perf_counter() - started, 1),
                "budget_minutes": config.budget_minutes, **checks(rows, baseline_rows)}
-    summary["within_budget"] = summary["wall_seconds"] <= 60 * config.budget_minutes
+    summary["within_budget"] = (summary["wall_seconds"] <= 60 * config.budget_minutes
+                                if config.budget_minutes > 0 else None)
     for kind in EVALS:
         summary[f"methods_beating_baselines_{kind}"] = sum(summary[f"beats_baselines_{kind}"].values())
     table = markdown(config.suite, rows + baseline_rows, summary)
-    (root / "results.md").write_text(table, encoding="utf-8")
-    (root / "results.json").write_text(json.dumps({**summary, "rows": rows + baseline_rows}, indent=2) + "\n",
-                                       encoding="utf-8")
-    figure = plots.knn_curve(curves, {row["method"]: row["knn_top1"] for row in baseline_rows},
-                             f"{config.suite}: kNN top-1 (k {config.eval.knn.ks[0]}) during pretraining")
-    plots.write_png(figure, root / "knn_curve.png")
-    metrics.log(f"reproduce: wrote {root / 'results.md'}, results.json and knn_curve.png")
+    if metrics.is_chief():   # every process ran the stages; one writes the suite's files
+        write_suite_files(root, table, {**summary, "rows": rows + baseline_rows},
+                          plots.knn_curve(curves, {row["method"]: row["knn_top1"] for row in baseline_rows},
+                                          f"{config.suite}: kNN top-1 (k {config.eval.knn.ks[0]}) during "
+                                          f"pretraining"))
     print(table, flush=True)
     return {**summary, "rows": rows + baseline_rows}
 

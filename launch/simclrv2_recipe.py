@@ -40,13 +40,6 @@ def copy_section(section: ml_collections.ConfigDict, **values: Any) -> ml_collec
     return copied
 
 
-def resolve_data_path(config: ml_collections.ConfigDict) -> None:
-    """A relative config.pretrain.data.path is relative to the repository root, wherever the command runs."""
-    path = config.pretrain.data.path
-    if path and not pathlib.Path(path).is_absolute() and "://" not in path:
-        config.pretrain.data.path = str((REPO / path).resolve())
-
-
 def fraction_tag(fraction: float) -> str:
     return f"{fraction * 100:g}pct"
 
@@ -90,14 +83,8 @@ def distill_section(section: ml_collections.ConfigDict, teacher: epath.Path,
 
 
 def run_stage(stage: Stage, root: epath.Path) -> dict[str, Any]:
-    from sslx import metrics
-    results_path = root / stage.name / "results.json"
-    if results_path.is_file():
-        metrics.log(f"recipe: {stage.name} is done ({results_path}); skipping it")
-    else:
-        metrics.log(f"recipe: running {stage.name}")
-        stage.run(stage.config, str(root / stage.name))
-    return json.loads(results_path.read_text(encoding="utf-8"))
+    from sslx import workdir as workdir_lib
+    return workdir_lib.run_unless_finished(stage.run, stage.config, root / stage.name, "recipe")
 
 
 def model_name(workdir: epath.Path) -> str:
@@ -129,7 +116,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 def run_recipe(config: ml_collections.ConfigDict, root: str) -> list[dict[str, Any]]:
     """Runs (or resumes) every stage under `root` (local or gs://); returns the summary rows and writes summary.json/.md."""
     root = paths.absolute(root)   # a local folder or gs://BUCKET/DIR
-    resolve_data_path(config)
+    # A relative data path is relative to the repository root, wherever the command runs.
+    config.pretrain.data.path = paths.resolve_against(config.pretrain.data.path, REPO)
     stages = plan(config, root)
     results = {stage.name: run_stage(stage, root) for stage in stages}
     rows = summary_rows(stages, results, root)

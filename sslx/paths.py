@@ -31,6 +31,14 @@ def absolute(path: PathLike) -> epath.Path:
     return epath.Path(path) if is_remote(path) else epath.Path(os.path.abspath(os.fspath(path)))
 
 
+def resolve_against(path: str, base: PathLike) -> str:
+    """A relative local path made relative to `base` (e.g. a recipe's data path to the repository root); absolute
+    paths, URLs and "" unchanged."""
+    if path and not is_remote(path) and not os.path.isabs(path):
+        return os.path.abspath(os.path.join(os.fspath(base), path))
+    return path
+
+
 def save_array(path: PathLike, array: np.ndarray) -> None:
     """An .npy file, local or remote."""
     path = as_path(path)

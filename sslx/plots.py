@@ -210,6 +210,7 @@ def knn_curve(runs: Mapping[str, tuple[Sequence[float], Sequence[float]]], basel
     for index, (name, top1) in enumerate(baselines.items()):
         ax.axhline(top1, color="0.4", linestyle=("--", ":", "-.")[index % 3], linewidth=1, label=name)
     ax.set_title(title, fontsize=10)
+    ax.set_xlim(left=0)
     ax.set_xlabel("epoch", fontsize=8)
     ax.set_ylabel("kNN top-1", fontsize=8)
     ax.tick_params(labelsize=8)

@@ -15,7 +15,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import jax
 import ml_collections
@@ -193,3 +193,16 @@ class StopSignals:
             self.signal_name = self.signal_name or "a preemption notice"
             return True
         return self.signal_name is not None
+
+
+def run_unless_finished(run: Callable[[ml_collections.ConfigDict, str], Any], config: ml_collections.ConfigDict,
+                        workdir: str | os.PathLike, runner: str) -> dict:
+    """A runner's stage: skipped when `workdir` holds results.json, else run (resuming from its checkpoints);
+    returns the stage's results.json."""
+    results_path = paths.as_path(workdir) / "results.json"
+    if results_path.is_file():
+        metrics.log(f"{runner}: {workdir} is done; skipping it")
+    else:
+        metrics.log(f"{runner}: running {workdir}")
+        run(config, str(workdir))
+    return json.loads(results_path.read_text(encoding="utf-8"))

@@ -3,16 +3,17 @@
     python launch/reproduce.py --config configs/reproduce_cifar10_cpu.py --workdir ROOT
 
 Every method's own CIFAR-10 recipe (configs/<method>_cifar10.py: its loss, heads, optimizer, momentum schedule and
-augmentations) shrunk to what two CPU cores train in about three minutes: a ResNet-18 (CIFAR stem) at width
+augmentations) shrunk for a CPU: a ResNet-18 (CIFAR stem) at width
 0.25 on the images resized to 16 px, one epoch at batch 256, reading ../shared/data/cifar10 (TFRecords of the
 real CIFAR-10 JPEGs; relative to the repository root). Scored by kNN (k 200, T 0.07, the 50,000 train images
 as the bank) and fast linear eval (L-BFGS logistic regression on standardised features), next to the raw
 pixels and the same ResNet at a random initialisation, in the same run.
-Measured so far (the command above on a 2-core machine shared with other jobs, stopped after SimCLR): SimCLR
-kNN top-1 38.3, linear 42.5, against kNN 33.5 for the raw pixels and 29.5 for the random-init ResNet (the
-baselines' features scored by a script); SimCLR alone took 13.5 minutes of stage time there, so the budget is
-not met yet and the other seven methods are not measured. Periodic kNN points use a 10,000-image bank
-(config.pretrain.eval.knn_train_examples); the kNN stage's final point uses all 50,000.
+Measured so far (the command above on a 2-core machine shared with other jobs, stopped during MoCo v2), kNN /
+linear top-1: SimCLR 38.3 / 42.5, BYOL 35.2 / 39.0, MoCo v2 30.0 kNN; raw pixels 33.5 / 41.2, random-init
+ResNet 29.5-32.9 kNN (its draw depends on the RNG implementation). MoCo v2 does not beat the pixels yet, four
+methods are not measured, and 13-21 minutes of stage time per method there means the budget is not met yet.
+Periodic kNN points use a 10,000-image bank (config.pretrain.eval.knn_train_examples); the kNN stage's final
+point uses all 50,000.
 """
 from sslx.config import suite_config
 

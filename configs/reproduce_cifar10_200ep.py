@@ -10,21 +10,12 @@ random-init baselines of the same run.
 Published anchors (lightly's CIFAR-10 benchmark, ResNet-18, 200 epochs, batch 512, kNN top-1): SimCLR 84.8,
 BYOL 86.8. Not yet measured with sslx: no GPU was lent to the sessions that built this suite.
 """
-from sslx.config import suite_config
+from sslx.config import accelerator_suite
 
 
 def get_config():
-    c = suite_config()
-    c.suite = "cifar10-200ep"
-    c.pretrain.epochs = 200.0
+    c = accelerator_suite("cifar10-200ep", epochs=200.0, knn_every_epochs=10.0)
     c.pretrain.batch_size = 512
-    c.pretrain.augment = {"on_device": True}
-    c.pretrain.model = {"dtype": "bfloat16"}
-    c.pretrain.eval = {"linear_probe": False}   # the suite's kNN and linear stages score every encoder
-    c.knn_every_epochs = 10.0
-    c.eval.linear.epochs = 90
-    c.eval.linear.batch_size = 512
-    c.eval.linear.learning_rates = (0.05, 0.1, 0.2, 0.4)
     source = "lightly benchmark, R18 200 ep, batch 512"
     c.anchors = {"simclr": {"knn": 0.848, "source": source}, "byol": {"knn": 0.868, "source": source}}
     return c

@@ -306,3 +306,18 @@ def suite_config() -> ml_collections.ConfigDict:
     c.budget_minutes = 0.0        # > 0: the table says whether the suite ran within this wall time
     c.distributed = distributed_config()
     return c
+
+
+def accelerator_suite(name: str, epochs: float, knn_every_epochs: float) -> ml_collections.ConfigDict:
+    """A suite for GPUs and TPUs: views made on the accelerator, bfloat16 compute, the stages' linear eval sweep."""
+    c = suite_config()
+    c.suite = name
+    c.pretrain.epochs = epochs
+    c.pretrain.augment = {"on_device": True}
+    c.pretrain.model = {"dtype": "bfloat16"}
+    c.pretrain.eval = {"linear_probe": False}   # the suite's kNN and linear stages score every encoder
+    c.knn_every_epochs = knn_every_epochs
+    c.eval.linear.epochs = 90
+    c.eval.linear.batch_size = 512
+    c.eval.linear.learning_rates = (0.05, 0.1, 0.2, 0.4)
+    return c

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import sys
-import time
 from typing import Any, Callable
 
 import ml_collections
@@ -48,8 +46,9 @@ def merge(target: ml_collections.ConfigDict, overrides: ml_collections.ConfigDic
             target[key] = value
 
 
-def pretrain_config(config: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
-    """The method's recipe with the suite's overrides, then the method's own, and periodic kNN for the curve."""
+def pretrain_config(config: ml_collections.ConfigDict, method: str) -> tuple[ml_collections.ConfigDict, int]:
+    """The method's recipe with the suite's overrides, then the method's own, and periodic kNN for the curve;
+    and the number of examples in its training split (one epoch)."""
     from sslx import data
     from sslx.config import load_recipe
     recipe = load_recipe(REPO / config.recipe.format(method=method))
@@ -63,12 +62,12 @@ def pretrain_config(config: ml_collections.ConfigDict, method: str) -> ml_collec
     recipe.eval.every_steps = max(round(config.knn_every_epochs * examples / recipe.batch_size), 1)
     recipe.eval.knn_ks = tuple(config.eval.knn.ks)
     recipe.eval.knn_temperature = config.eval.knn.temperature
-    return recipe
+    return recipe, examples
 
 
 def eval_config(config: ml_collections.ConfigDict, pretrained: str, baseline: str = "") -> ml_collections.ConfigDict:
     """The suite's kNN / linear-eval config (config.eval) for one encoder or baseline."""
-    evaluation = ml_collections.ConfigDict(config.eval.to_dict())
+    evaluation = config.eval.copy_and_resolve_references()
     evaluation.pretrained, evaluation.baseline = pretrained, baseline
     return evaluation
 
@@ -89,12 +88,11 @@ def evaluate(config: ml_collections.ConfigDict, pretrained: epath.Path, out: epa
             for kind in EVALS}
 
 
-def method_row(method: str, pretrain: dict, evaluations: dict[str, dict],
-               anchors: ml_collections.ConfigDict) -> dict[str, Any]:
+def method_row(method: str, recipe: ml_collections.ConfigDict, epochs: float, pretrain: dict,
+               evaluations: dict[str, dict], anchors: ml_collections.ConfigDict) -> dict[str, Any]:
     images = pretrain["step"] * pretrain["batch_size"]
     seconds = pretrain["train_seconds"] + sum(e["seconds"] for e in evaluations.values())
-    recipe = json.loads((epath.Path(evaluations["knn"]["pretrained"]) / "config.json").read_text())
-    return {"method": method, "backbone": backbone_name(recipe), "epochs": round(epochs_of(recipe, pretrain), 2),
+    return {"method": method, "backbone": backbone_name(recipe), "epochs": round(epochs, 2),
             "batch": pretrain["batch_size"], "knn_top1": evaluations["knn"]["top1"],
             "linear_top1": evaluations["linear"]["top1"], "wall_seconds": round(seconds, 1),
             "pretrain_seconds": pretrain["train_seconds"],
@@ -104,16 +102,9 @@ def method_row(method: str, pretrain: dict, evaluations: dict[str, dict],
             "anchor": anchors[method].to_dict() if method in anchors else None}
 
 
-def backbone_name(recipe: dict[str, Any]) -> str:
-    model = recipe["model"]
-    stem = " CIFAR stem" if model.get("cifar_stem") else ""
-    return f"{model['name']} {model['width']:g}x{stem}, {recipe['data']['image_size']} px"
-
-
-def epochs_of(recipe: dict[str, Any], pretrain: dict) -> float:
-    from sslx import data
-    data_cfg = ml_collections.ConfigDict(recipe["data"])
-    return pretrain["step"] * pretrain["batch_size"] / data.describe(data_cfg, data_cfg.train_split).num_examples
+def backbone_name(recipe: ml_collections.ConfigDict) -> str:
+    stem = " CIFAR stem" if recipe.model.get("cifar_stem") else ""
+    return f"{recipe.model.name} {recipe.model.width:g}x{stem}, {recipe.data.image_size} px"
 
 
 def baseline_row(name: str, evaluations: dict[str, dict], reference: dict[str, Any]) -> dict[str, Any]:
@@ -137,10 +128,14 @@ def knn_series(pretrain_dir: epath.Path, knn_key: str, final: tuple[float, float
 
 
 def checks(rows: list[dict[str, Any]], baseline_rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Which methods beat both baselines, per evaluation."""
-    best = {kind: max(row[f"{kind}_top1"] for row in baseline_rows) for kind in EVALS}
-    return {f"beats_baselines_{kind}": {row["method"]: row[f"{kind}_top1"] > best[kind] for row in rows}
-            for kind in EVALS} | {f"best_baseline_{kind}": best[kind] for kind in EVALS}
+    """Which methods beat both baselines, and how many, per evaluation."""
+    found = {}
+    for kind in EVALS:
+        best = max(row[f"{kind}_top1"] for row in baseline_rows)
+        beats = {row["method"]: row[f"{kind}_top1"] > best for row in rows}
+        found |= {f"best_baseline_{kind}": best, f"beats_baselines_{kind}": beats,
+                  f"methods_beating_baselines_{kind}": sum(beats.values())}
+    return found
 
 
 def _points(value: float | None) -> str:
@@ -169,8 +164,7 @@ def markdown(suite: str, rows: list[dict[str, Any]], summary: dict[str, Any]) ->
                      f"{row['device_count']}x {row['device_kind']} | {published} |")
     budget = ("" if summary["within_budget"] is None else f" (budget {summary['budget_minutes']:g} min: "
               f"{'within' if summary['within_budget'] else 'OVER'})")
-    lines += ["", f"Total wall time of the stages {_minutes(summary['wall_seconds'])}{budget}; process CPU time "
-              f"{_minutes(summary['cpu_seconds'])} in this invocation.",
+    lines += ["", f"Total wall time of the stages {_minutes(summary['wall_seconds'])}{budget}.",
               f"Methods beating both baselines on kNN: {summary['methods_beating_baselines_knn']}/"
               f"{summary['methods']}; on linear eval: {summary['methods_beating_baselines_linear']}/"
               f"{summary['methods']}."]
@@ -189,35 +183,33 @@ def run_suite(config: ml_collections.ConfigDict, root: str) -> dict[str, Any]:
     """Runs (or resumes) the suite under `root` (local or gs://); returns and writes the results."""
     from sslx import metrics, plots
     from sslx.stages.pretrain import run_pretraining
-    started, cpu_started = time.perf_counter(), time.process_time()
     root = paths.absolute(root)
     methods = methods_of(config)
     recipes = {method: pretrain_config(config, method) for method in methods}   # every config error up front
     rows, curves = [], {}
     for method in methods:
         pretrain_dir = root / method / "pretrain"
-        pretrain = run_stage(run_pretraining, recipes[method], pretrain_dir)
+        pretrain = run_stage(run_pretraining, recipes[method][0], pretrain_dir)
         evaluations = evaluate(config, pretrain_dir, root / method)
-        rows.append(method_row(method, pretrain, evaluations, config.anchors))
+        recipe, examples = recipes[method]
+        epochs_per_step = recipe.batch_size / examples
+        rows.append(method_row(method, recipe, pretrain["step"] * epochs_per_step, pretrain, evaluations,
+                               config.anchors))
         knn_key = f"knn_k{config.eval.knn.ks[0]}_top1"
         curves[method] = knn_series(pretrain_dir, knn_key, (rows[-1]["epochs"], rows[-1]["knn_top1"]),
-                                    rows[-1]["epochs"] / max(pretrain["step"], 1))
+                                    epochs_per_step)
     reference = rows[0]
     baseline_rows = [baseline_row(name, evaluate(config, root / methods[0] / "pretrain",
                                                  root / "baselines" / kind, kind), reference)
                      for kind, name in BASELINES]
-    summary = {"suite": config.suite, "dataset": recipes[methods[0]].data.name,
-               "eval_split": recipes[methods[0]].data.eval_split, "knn_k": config.eval.knn.ks[0],
+    first = recipes[methods[0]][0]
+    summary = {"suite": config.suite, "dataset": first.data.name, "eval_split": first.data.eval_split, "knn_k": config.eval.knn.ks[0],
                "knn_temperature": config.eval.knn.temperature, "linear_mode": config.eval.linear.mode,
                "methods": len(rows),
                "wall_seconds": sum(row["wall_seconds"] for row in rows + baseline_rows),
-               "cpu_seconds": round(time.process_time() - cpu_started, 1),
-               "invocation_seconds": round(time.perf_counter() - started, 1),
                "budget_minutes": config.budget_minutes, **checks(rows, baseline_rows)}
     summary["within_budget"] = (summary["wall_seconds"] <= 60 * config.budget_minutes
                                 if config.budget_minutes > 0 else None)
-    for kind in EVALS:
-        summary[f"methods_beating_baselines_{kind}"] = sum(summary[f"beats_baselines_{kind}"].values())
     table = markdown(config.suite, rows + baseline_rows, summary)
     if metrics.is_chief():   # every process ran the stages; one writes the suite's files
         write_suite_files(root, table, {**summary, "rows": rows + baseline_rows},
@@ -229,13 +221,8 @@ def run_suite(config: ml_collections.ConfigDict, root: str) -> dict[str, Any]:
 
 
 def main() -> None:
-    from sslx import cli, parallel
-    config, workdir = cli._parse("reproduce", sys.argv)
-    try:
-        parallel.initialize_distributed(config.distributed)
-        run_suite(config, workdir)
-    except (*cli.RUN_ERRORS, parallel.DistributedError) as error:
-        cli._fail("reproduce", error, leave=parallel.exit_now)
+    from sslx import cli
+    cli.run_program("reproduce", lambda: run_suite)
 
 
 if __name__ == "__main__":

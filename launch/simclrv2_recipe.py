@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-import sys
 from typing import Any, Callable
 
 import ml_collections
@@ -129,13 +128,8 @@ def run_recipe(config: ml_collections.ConfigDict, root: str) -> list[dict[str, A
 
 
 def main() -> None:
-    from sslx import cli, parallel
-    config, workdir = cli._parse("simclrv2_recipe", sys.argv)
-    try:
-        parallel.initialize_distributed(config.distributed)
-        run_recipe(config, workdir)
-    except (*cli.RUN_ERRORS, parallel.DistributedError) as error:
-        cli._fail("simclrv2_recipe", error, leave=parallel.exit_now)
+    from sslx import cli
+    cli.run_program("simclrv2_recipe", lambda: run_recipe)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import os
 import sys
 import textwrap
 import traceback
-from typing import Callable
+from typing import Any, Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # TF >= 2.20 announces oneDNN on stderr before its log level applies; TF only feeds input, so keep its plain kernels.
@@ -205,22 +205,28 @@ def _recipe_failed(program: str, recipe: str, error: Exception) -> None:
     sys.exit(2)
 
 
-def _run_stage(name: str, module: str, function: str) -> None:
-    """Parses first, so that --help, --print_config and flag errors answer before JAX and TF load."""
+def run_program(name: str, load: Callable[[], Callable[[Any, str], Any]]) -> None:
+    """An entry point from parsing to exit: parses first, so that --help, --print_config and flag errors answer
+    before JAX and TF load; `load()` then gives the function run on (config, workdir) in the distributed run.
+    A preemption is a clean exit, a bad input one line."""
     logging.set_verbosity(logging.WARNING)
     config, workdir = _parse(name, sys.argv)
-    stage = getattr(importlib.import_module(module), function)
+    run = load()
     from sslx import metrics, parallel  # imports jax, which starts no backend until a device is touched
     from sslx.workdir import Preempted
     try:
         # Before anything touches devices: afterwards jax.devices() spans every process of the run.
         parallel.initialize_distributed(config.distributed)
         parallel.check_same_config(config)
-        stage(config, workdir)
+        run(config, workdir)
     except Preempted as stopped:  # a checkpoint of the last step is committed: a clean, resumable exit
         metrics.log(str(stopped))
     except (*RUN_ERRORS, parallel.DistributedError) as error:
         _fail(name, error, leave=parallel.exit_now)
+
+
+def _run_stage(name: str, module: str, function: str) -> None:
+    run_program(name, lambda: getattr(importlib.import_module(module), function))
 
 
 def pretrain() -> None:

@@ -88,7 +88,8 @@ def test_every_suite_builds_every_method_recipe(name, cifar10_dir):
     c.pretrain.data = {"name": "tfrecord", "path": str(cifar10_dir)}
     reproduce = runner()
     for method in reproduce.methods_of(c):
-        recipe = reproduce.pretrain_config(c, method)
+        recipe, examples = reproduce.pretrain_config(c, method)
         assert recipe.method == method and recipe.eval.periodic == "knn"
-        assert recipe.eval.every_steps == round(c.knn_every_epochs * 50000 / recipe.batch_size)
+        assert examples == 50000
+        assert recipe.eval.every_steps == round(c.knn_every_epochs * examples / recipe.batch_size)
     assert set(c.anchors) <= set(reproduce.methods_of(c))

@@ -8,10 +8,11 @@ augmentations) shrunk for a CPU: a ResNet-18 (CIFAR stem) at width
 real CIFAR-10 JPEGs; relative to the repository root). Scored by kNN (k 200, T 0.07, the 50,000 train images
 as the bank) and fast linear eval (L-BFGS logistic regression on standardised features), next to the raw
 pixels and the same ResNet at a random initialisation, in the same run.
-Measured so far (the command above on a 2-core machine shared with other jobs, stopped during MoCo v2), kNN /
-linear top-1: SimCLR 38.3 / 42.5, BYOL 35.2 / 39.0, MoCo v2 30.0 kNN; raw pixels 33.5 / 41.2, random-init
-ResNet 29.5-32.9 kNN (its draw depends on the RNG implementation). MoCo v2 does not beat the pixels yet, four
-methods are not measured, and 13-21 minutes of stage time per method there means the budget is not met yet.
+Measured so far, with baselines in the same run (tests/test_reproduce.py's SimCLR + SupCon slice, 8 simulated
+devices), kNN / linear top-1: SimCLR 38.2 / 42.7, SupCon 36.4 / 38.6, raw pixels 33.5 / 41.2, random init
+32.9 / 37.7. The command above, stopped during MoCo v2 on a shared 2-core machine before its baseline rows, gave
+BYOL 35.2 / 39.0 and MoCo v2 30.0 kNN (below the pixels' 33.5, which do not depend on the run), at 13-21 minutes
+of stage time per method: the budget and MoCo v2's row are not met yet; four methods are not measured.
 Periodic kNN points use a 10,000-image bank (config.pretrain.eval.knn_train_examples); the kNN stage's final
 point uses all 50,000.
 """

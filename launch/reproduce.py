@@ -65,10 +65,11 @@ def pretrain_config(config: ml_collections.ConfigDict, method: str) -> tuple[ml_
     return recipe, examples
 
 
-def eval_config(config: ml_collections.ConfigDict, pretrained: str, baseline: str = "") -> ml_collections.ConfigDict:
+def eval_config(config: ml_collections.ConfigDict, pretrained: str, baseline: str = "",
+                features_dir: str = "") -> ml_collections.ConfigDict:
     """The suite's kNN / linear-eval config (config.eval) for one encoder or baseline."""
     evaluation = config.eval.copy_and_resolve_references()
-    evaluation.pretrained, evaluation.baseline = pretrained, baseline
+    evaluation.pretrained, evaluation.baseline, evaluation.features_dir = pretrained, baseline, features_dir
     return evaluation
 
 
@@ -80,12 +81,21 @@ def run_stage(run: Callable[[ml_collections.ConfigDict, str], dict], stage_confi
 
 def evaluate(config: ml_collections.ConfigDict, pretrained: epath.Path, out: epath.Path,
              baseline: str = "") -> dict[str, dict]:
-    """kNN and linear eval of the encoder in `pretrained` (or of a baseline built from its config)."""
+    """kNN and linear eval of the encoder in `pretrained` (or of a baseline built from its config); the two
+    stages extract each split's features once (under out/features, removed once both have finished)."""
+    from jax.experimental import multihost_utils
+
+    from sslx import metrics
     from sslx.stages.knn import run_knn
     from sslx.stages.linear_eval import run_linear_eval
     runs = {"knn": run_knn, "linear": run_linear_eval}
-    return {kind: run_stage(runs[kind], eval_config(config, str(pretrained), baseline), out / kind)
-            for kind in EVALS}
+    features = out / "features"
+    evaluations = {kind: run_stage(runs[kind], eval_config(config, str(pretrained), baseline, str(features)),
+                                   out / kind) for kind in EVALS}
+    multihost_utils.sync_global_devices(f"read {features}")   # no process still reads them
+    if metrics.is_chief() and features.exists():
+        features.rmtree()
+    return evaluations
 
 
 def method_row(method: str, recipe: ml_collections.ConfigDict, epochs: float, pretrain: dict,

@@ -182,6 +182,8 @@ def eval_config() -> ml_collections.ConfigDict:
                                   # pretrained architecture at a random init); "" the pretrained encoder
     c.pixel_size = 32             # baseline "pixels": images resized to at most this a side
     c.eval_batch_size = 512       # feature extraction and test-set inference
+    c.features_dir = ""           # kNN / linear eval: save each split's features here and read them back when
+                                  # the same network, baseline and data are evaluated again ("" keeps none)
     c.embedding_map_points = 1000  # linear eval / kNN: eval-set points in plots/embedding_map.png (0: no map)
 
     c.data = base_config().data   # used when data.name is set; "" takes the pretraining's data section

@@ -156,3 +156,36 @@ def test_bad_baselines_are_one_line_errors(baseline, head_layer, message):
     config.pretrained, config.baseline, config.head_layer = "/somewhere", baseline, head_layer
     with pytest.raises(ValueError, match=message):
         linear_eval.validate(config)
+
+
+def test_knn_and_linear_eval_share_saved_features_of_the_same_network_only(tmp_path, monkeypatch):
+    """config.features_dir: the second stage on one encoder reads the first one's features (and scores the same
+    as extracting them); another checkpoint in the same workdir, or a baseline, gets features of its own."""
+    from sslx.stages import knn
+    save_pretraining(tmp_path / "pretrain", tiny_config())
+    evaluation = eval_config()
+    evaluation.pretrained, evaluation.embedding_map_points = str(tmp_path / "pretrain"), 0
+    evaluation.linear.mode, evaluation.linear.solver, evaluation.knn.ks = "fast", "lbfgs", (5,)
+    extracted = linear_eval.run_linear_eval(evaluation, str(tmp_path / "extracted"))
+    evaluation.features_dir = str(tmp_path / "features")
+    knn.run_knn(evaluation, str(tmp_path / "knn"))
+    saved = sorted(p.name for p in (tmp_path / "features").iterdir())
+    assert len(saved) == 2 and not any(name.endswith(".partial") for name in saved)
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("features were extracted again")
+    monkeypatch.setattr(common, "split_features", no_extraction)
+    shared = linear_eval.run_linear_eval(evaluation, str(tmp_path / "shared"))
+    assert shared["top1"] == extracted["top1"] and shared["top5"] == extracted["top5"]
+    monkeypatch.undo()
+
+    config = tiny_config()
+    method = build_method(config, 10, 10)   # a retrained step 4 in the same workdir: other variables
+    state = create_train_state(method, optax.sgd(0.1), jax.random.key(7), jnp.zeros((2, 8, 8, 3)))
+    checkpointer = Checkpointer(tmp_path / "pretrain", keep=2, every_steps=1)
+    checkpointer.save(4, state.replace(step=jnp.asarray(4, jnp.int32)), force=True)
+    checkpointer.close()
+    knn.run_knn(evaluation, str(tmp_path / "knn4"))
+    evaluation.baseline = "random_init"
+    knn.run_knn(evaluation, str(tmp_path / "knn_random"))
+    assert len(list((tmp_path / "features").iterdir())) == 6

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import io
+import json
 import math
 import time
 from typing import Any, Callable, NamedTuple
@@ -9,6 +12,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from sslx import data, metrics, parallel, paths, resume
@@ -40,6 +44,51 @@ def split_features(fn: Callable[[jax.Array], jax.Array], data_cfg, split: str, m
     batches = data.eval_iterator(data_cfg, split, local_batch=local_batch, image_size=data_cfg.image_size,
                                  process_index=jax.process_index(), process_count=jax.process_count())
     return extract_features(fn, batches, mesh)
+
+
+def stage_features(fn: Callable[[jax.Array], jax.Array], variables: Any, config: ml_collections.ConfigDict,
+                   pretrained: Pretrained, data_cfg, split: str, mesh: Mesh) -> tuple[np.ndarray, np.ndarray]:
+    """`split_features` of an evaluation stage, saved to and read back from `config.features_dir` when it is set.
+
+    The file is named by everything the features depend on: the network's variables (so a retrained workdir
+    never reads stale features), the baseline and head layer, the data section and the split. The kNN and fast
+    linear-eval stages of one encoder then decode and encode each split once.
+    """
+    if not config.features_dir:
+        return split_features(fn, data_cfg, split, mesh, config.eval_batch_size)
+    key = {"variables": variables_digest(variables), "baseline": config.baseline, "head_layer": config.head_layer,
+           "pixel_size": config.pixel_size if config.baseline == "pixels" else None,
+           "data": data_cfg.to_dict(), "split": split, "pretrained_model": pretrained.config.model.to_dict()}
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = paths.as_path(config.features_dir) / f"{split.replace('/', '_')}-{digest}.npz"
+    # Every process must take the same branch: extraction is collective. The chief's view decides.
+    if bool(multihost_utils.broadcast_one_to_all(np.asarray(path.exists()))):
+        with path.open("rb") as f:
+            stored = np.load(f)
+            metrics.log(f"features of {split}: read {path}")
+            return stored["features"], stored["labels"]
+    features, labels = split_features(fn, data_cfg, split, mesh, config.eval_batch_size)
+    if metrics.is_chief():
+        write_features(path, features, labels)
+    return features, labels
+
+
+def variables_digest(variables: Any) -> str:
+    """A hash of a (replicated) variable tree's values; '' for a network without variables (raw pixels)."""
+    digest = hashlib.sha1()
+    for leaf in jax.tree.leaves(variables):
+        digest.update(np.ascontiguousarray(leaf.addressable_data(0)).tobytes())
+    return digest.hexdigest()
+
+
+def write_features(path, features: np.ndarray, labels: np.ndarray) -> None:
+    """Writes through a temporary name, so an interrupted write never leaves a truncated file to be read."""
+    buffer = io.BytesIO()
+    np.savez(buffer, features=features, labels=labels)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.parent / f"{path.name}.partial"
+    partial.write_bytes(buffer.getvalue())
+    partial.rename(path)
 
 
 # SimCLR's canonical ImageNet label lists, shipped by TFDS as splits of their own.

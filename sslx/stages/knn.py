@@ -38,8 +38,8 @@ def run_knn(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 f"{data_cfg.name}")
     apply, variables = baselines.frozen_features(config, pretrained, mesh)
     fn = lambda images: apply(variables, images)  # noqa: E731
-    train = common.split_features(fn, data_cfg, data_cfg.train_split, mesh, config.eval_batch_size)
-    test = common.split_features(fn, data_cfg, data_cfg.eval_split, mesh, config.eval_batch_size)
+    train, test = (common.stage_features(fn, variables, config, pretrained, data_cfg, split, mesh)
+                   for split in (data_cfg.train_split, data_cfg.eval_split))
     scores = knn_classify(*train, *test, info.num_classes, mesh, ks=tuple(config.knn.ks),
                           temperature=config.knn.temperature, query_chunk=config.knn.query_chunk)
     plots.write_embedding_map(workdir, *test, title, step=pretrained.step, max_points=config.embedding_map_points,

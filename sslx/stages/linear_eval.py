@@ -87,7 +87,7 @@ class LinearEval:
 
     def features(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         fn = lambda images: self.apply(self.variables, images)  # noqa: E731
-        return common.split_features(fn, self.data, split, self.mesh, self.config.eval_batch_size)
+        return common.stage_features(fn, self.variables, self.config, self.pretrained, self.data, split, self.mesh)
 
     def fit_standardizer(self, train_features: np.ndarray) -> None:
         """Per-dimension standardisation with train-split statistics, shared by both modes: SGD's learning rate

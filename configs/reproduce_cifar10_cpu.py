@@ -13,7 +13,7 @@ devices), kNN / linear top-1: SimCLR 38.2 / 42.7, SupCon 36.4 / 38.6, raw pixels
 32.9 / 37.7. The command above, stopped during MoCo v2 on a shared 2-core machine before its baseline rows, gave
 BYOL 35.2 / 39.0 and MoCo v2 30.0 kNN (below the pixels' 33.5, which do not depend on the run), at 13-21 minutes
 of stage time per method: the budget and MoCo v2's row are not met yet; four methods are not measured.
-Periodic kNN points use a 10,000-image bank (config.pretrain.eval.knn_train_examples); the kNN stage's final
+Periodic kNN points use a 10,000-image bank (config.pretrain.knn.train_examples); the kNN stage's final
 point uses all 50,000.
 """
 from sslx.config import suite_config
@@ -28,7 +28,8 @@ def get_config():
     c.pretrain.epochs = 1.0
     c.pretrain.optim = {"warmup_epochs": 0.1}
     c.pretrain.probe = {"online": False}
-    c.pretrain.eval = {"linear_probe": False, "knn_train_examples": 10000, "batch_size": 1000}
+    c.pretrain.eval = {"linear_probe": False, "batch_size": 1000}
+    c.pretrain.knn = {"train_examples": 10000}
     c.pretrain.log_every_steps = 25
     c.pretrain.checkpoint_every_steps = 100
     # Heads sized to the 128-d encoder (the recipes' 2048-4096 wide heads would cost more than the encoder);

@@ -11,7 +11,7 @@ Cost: ~4 min on one H100 for ResNet-18, 200 epochs.
 Expected (the paper's finding on ImageNet, SimCLRv2 fig. 10 / table 3; not measured with sslx on CIFAR-10): the
 student matches or slightly beats its teacher's top-1.
 """
-from sslx.stages.distill import distill_config
+from sslx.config import distill_config
 
 
 def get_config():

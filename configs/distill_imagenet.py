@@ -11,7 +11,7 @@ logits once with --config.distill.precompute=True to pay for it once, at the pri
 Expected (paper's numbers, table 3; not measured with sslx): R152 3x+SK distilled into R50 1x: 73.9 / 77.5
 top-1 from 1% / 10% labels.
 """
-from sslx.stages.distill import distill_config
+from sslx.config import distill_config
 
 
 def get_config():

@@ -7,7 +7,7 @@ The data section is the pretraining's (its config.json) unless --config.data.nam
 Protocol mode: 90 epochs of random crop + flip through the frozen encoder (crop area in
 [config.linear.crop_area_min, 1], SimCLR's 0.08 by default), a sweep of 4 learning rates on a 10% held-out
 split, then a retrain on all of train. Fast mode: features once, the same optimizer on the cache.
-Fast vs protocol, one checkpoint (ResNet-18 w0.125, 16 px; `python -m sslx.evaluators.bench`, 2-core CPU):
+Fast vs protocol, one checkpoint (ResNet-18 w0.125, 16 px; `python -m sslx.linear_eval_bench`, 2-core CPU):
 at 90 epochs, crop_area_min 0.5: 58 s vs 1,573 s (27x), top-1 37.29 vs 36.83; crop_area_min 0.08: 62 s vs
 1,638 s (27x), 37.29 vs 35.47. Fast mode trains on centre crops only, so the protocol's crops set the gap.
 Cost (ResNet-18, one H100): protocol ~10 min (5 trainings); fast well under a minute.

@@ -14,7 +14,7 @@ of stage time), kNN / linear top-1: SimCLR 37.4 / 38.6, BYOL 35.1 / 36.8, MoCo v
 SimSiam 34.2 / 36.1, Barlow Twins 33.8 / 35.5, VICReg 34.9 / 36.8, SupCon 35.4 / 35.2; raw pixels 33.5 / 41.3,
 random init 21.9 / 28.0. Every method beats both baselines on kNN (Barlow Twins by 0.3 points); none beats the
 raw pixels' 768 dimensions under a linear classifier at this budget.
-Periodic kNN points (the curve) use a 5,000-image bank (config.pretrain.eval.knn_train_examples); the kNN stage's
+Periodic kNN points (the curve) use a 5,000-image bank (config.pretrain.knn.train_examples); the kNN stage's
 final point uses all 50,000. The override figures below are two-epoch runs of the same command with
 `--config.pretrain.epochs=2` and the named override reverted (e.g. `--config.method_overrides.mocov3.optim.base_lr=0.3`).
 """
@@ -30,7 +30,8 @@ def get_config():
     c.pretrain.epochs = 1.75
     c.pretrain.optim = {"warmup_epochs": 0.1}
     c.pretrain.probe = {"online": False}
-    c.pretrain.eval = {"linear_probe": False, "knn_train_examples": 5000, "batch_size": 1000}
+    c.pretrain.eval = {"linear_probe": False, "batch_size": 1000}
+    c.pretrain.knn = {"train_examples": 5000}
     c.pretrain.log_every_steps = 25
     c.pretrain.checkpoint_every_steps = 100
     # Heads sized to the 64-d encoder (the recipes' 2048-4096 wide heads would cost more than the encoder);

@@ -36,7 +36,7 @@ fine-tuned ordering.
 import ml_collections
 
 from sslx.config import base_config, distributed_config, eval_config
-from sslx.stages.distill import distill_config
+from sslx.config import distill_config
 
 IMAGE_SIZE = 16
 

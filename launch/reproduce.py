@@ -60,8 +60,7 @@ def pretrain_config(config: ml_collections.ConfigDict, method: str) -> tuple[ml_
     examples = data.describe(recipe.data, recipe.data.train_split).num_examples
     recipe.eval.periodic = "knn"
     recipe.eval.every_steps = max(round(config.knn_every_epochs * examples / recipe.batch_size), 1)
-    recipe.eval.knn_ks = tuple(config.eval.knn.ks)
-    recipe.eval.knn_temperature = config.eval.knn.temperature
+    recipe.knn.ks, recipe.knn.temperature = tuple(config.eval.knn.ks), config.eval.knn.temperature
     return recipe, examples
 
 

@@ -54,14 +54,14 @@ PROGRAMS = {p.name: p for p in (
     Program("sslx-finetune", "Fine-tuning of a pretrained encoder on a fraction of the labels.", ("finetune_",),
             EVAL_KEYS, "--config finetune_cifar10 --workdir DIR --config.pretrained=PRETRAIN_DIR"),
     Program("sslx-distill", "SimCLRv2 distillation of a fine-tuned teacher into a student.", ("distill_",),
-            "distill_config() in sslx/stages/distill.py", "--config distill_cifar10 --workdir DIR "
+            "distill_config() in sslx/config.py", "--config distill_cifar10 --workdir DIR "
             "--config.teacher=FINETUNE_DIR"),
     Program("sslx-preview", "The augmentation preview of a recipe's data and views (a PNG), no training.", (),
             "base_config() in sslx/config.py", "--config simclr_cifar10 --out preview.png", "out", "FILE",
             "the PNG file to write"),
     Program("simclrv2_recipe", "The SimCLRv2 chain (pretrain, fine-tune, distil, evaluate) under one root.",
-            ("simclrv2_recipe_",), "its recipe file, whose sections are those of the stages (sslx/config.py, "
-            "sslx/stages/distill.py)", "--config simclrv2_recipe_cifar10 --workdir ROOT"),
+            ("simclrv2_recipe_",), "its recipe file, whose sections are those of the stages (sslx/config.py)",
+            "--config simclrv2_recipe_cifar10 --workdir ROOT"),
     Program("reproduce", "A reproduction suite: methods' recipes scored by kNN and linear eval next to the "
             "raw-pixel and random-init baselines, under one root.", ("reproduce_",),
             "suite_config() in sslx/config.py", "--config reproduce_cifar10_cpu --workdir ROOT"),

@@ -147,9 +147,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.pixel_probe_size = 32  # raw-pixel baseline of the probe, images resized to at most this a side (0: off)
     c.eval.every_steps = 0        # > 0: run the periodic evaluators every N steps (logged like any metric)
     c.eval.periodic = ""          # comma-separated names from sslx.evaluators.periodic.EVALUATORS, e.g. "knn"
-    c.eval.knn_ks = (20, 200)
-    c.eval.knn_temperature = 0.07
-    c.eval.knn_train_examples = -1     # cap on the train-split bank of the periodic kNN (-1: all)
+    c.knn = knn_config()          # the periodic kNN (config.eval.periodic='knn'), keys as sslx-knn's
 
     c.log_every_steps = 50
     c.checkpoint_every_steps = 1000
@@ -168,6 +166,16 @@ def distributed_config() -> ml_collections.ConfigDict:
     c.initialization_timeout = 300     # seconds to wait for every process to join
     c.heartbeat_timeout = 100     # seconds of silence after which a process counts as dead and the run stops
     c.shutdown_timeout = 300      # seconds the processes wait for each other at exit
+    return c
+
+
+def knn_config() -> ml_collections.ConfigDict:
+    """`config.knn`: the kNN stage's and the pretraining's periodic kNN (sslx.evaluators.knn.KnnEvaluator)."""
+    c = ml_collections.ConfigDict()
+    c.ks = (20, 200)
+    c.temperature = 0.07
+    c.train_examples = -1         # cap on the train-split bank (-1: all)
+    c.query_chunk = 1024          # test rows ranked per call: bounds the [chunk, bank / devices] similarities
     return c
 
 
@@ -204,10 +212,7 @@ def eval_config() -> ml_collections.ConfigDict:
     c.linear.lbfgs_steps = 500
     c.linear.lbfgs_l2 = 1e-4
 
-    c.knn = ml_collections.ConfigDict()
-    c.knn.ks = (20, 200)
-    c.knn.temperature = 0.07
-    c.knn.query_chunk = 1024      # test rows ranked per call: bounds the [chunk, bank / devices] similarities
+    c.knn = knn_config()
 
     c.finetune = ml_collections.ConfigDict()
     c.finetune.label_fraction = 1.0    # in (0, 1]; imagenet2012 at 0.01 / 0.1 uses TFDS imagenet2012_subset
@@ -223,6 +228,42 @@ def eval_config() -> ml_collections.ConfigDict:
     c.finetune.log_every_steps = 50
     c.finetune.checkpoint_every_steps = 1000
     c.finetune.keep_checkpoints = 2
+    c.distributed = distributed_config()
+    return c
+
+
+def distill_config() -> ml_collections.ConfigDict:
+    """The base of the distillation recipes (sslx-distill, configs/distill_*.py)."""
+    c = ml_collections.ConfigDict()
+    c.teacher = ""                # a fine-tuned (or distilled) classifier workdir (required)
+    c.teacher_step = -1           # its checkpoint step (-1: the latest)
+    c.seed = 0
+    c.eval_batch_size = 512
+    c.data = base_config().data   # used when data.name is set; "" takes the teacher's data section
+    c.data.name = ""
+
+    c.student = ml_collections.ConfigDict()
+    c.student.model = base_config().model
+    c.student.model.name = ""     # "": the teacher's architecture (self-distillation) or student.pretrained's
+    c.student.pretrained = ""     # optional pretraining workdir whose encoder initialises the student
+
+    c.distill = ml_collections.ConfigDict()
+    c.distill.temperature = 1.0
+    c.distill.supervised_weight = 0.0  # > 0: plus this x the cross-entropy on the labelled subset
+    c.distill.label_fraction = 0.1     # that subset, drawn as sslx-finetune draws it
+    c.distill.subset_seed = 0
+    c.distill.labelled_batch_size = 256
+    c.distill.teacher_logits = ""      # a .npy of teacher logits for the train split in read order
+    c.distill.precompute = False       # True: only write WORKDIR/teacher_logits.npy and stop
+    c.distill.epochs = 400.0           # SimCLRv2's distillation length
+    c.distill.total_steps = -1         # > 0 wins over epochs
+    c.distill.batch_size = 4096
+    c.distill.optim = base_config().optim
+    c.distill.optim.base_lr = 0.3      # the pretraining's LARS 0.3 x B/256, weight decay 1e-4, 10 warm-up epochs
+    c.distill.optim.weight_decay = 1e-4
+    c.distill.log_every_steps = 100
+    c.distill.checkpoint_every_steps = 1000
+    c.distill.keep_checkpoints = 2
     c.distributed = distributed_config()
     return c
 

@@ -20,7 +20,7 @@ from jax.sharding import Mesh
 
 from sslx import parallel
 from sslx.data import augment, sources
-from sslx.evaluators.encoders import Pretrained, check_head_layer, embed, load_pretrained
+from sslx.evaluators.encoders import Trained, check_head_layer, embed, load_pretrained
 
 # What tf.io.decode_image reads; the extensions sslx-embed collects from a directory.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -32,7 +32,7 @@ Images = np.ndarray | Sequence[np.ndarray] | Sequence[str | os.PathLike]
 @dataclasses.dataclass
 class Encoder:
     """A frozen encoder (optionally up to projection-head layer `head_layer`) with its preprocessing."""
-    pretrained: Pretrained
+    pretrained: Trained
     head_layer: int
     crop_fraction: float   # centre crop of the shorter side before resizing to image_size
     mesh: Mesh

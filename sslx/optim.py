@@ -58,6 +58,25 @@ def warmup_cosine(peak_lr: float, warmup_steps: int, total_steps: int) -> optax.
         decay_steps=max(total_steps, warmup_steps + 1), end_value=0.0)
 
 
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Whole batches in one pass over `num_examples` (at least one)."""
+    return max(num_examples // batch_size, 1)
+
+
+def run_steps(total_steps: int, epochs: float, per_epoch: int) -> int:
+    """The run's length: `total_steps` where > 0, else `epochs` of `per_epoch` steps."""
+    return total_steps if total_steps > 0 else math.ceil(epochs * per_epoch)
+
+
+def schedule_from_config(optim_cfg, batch_size: int, total_steps: int, per_epoch: int) -> optax.Schedule:
+    """The learning rate of a config.optim section: warm-up over `warmup_steps` (>= 0) or else `warmup_epochs` of
+    `per_epoch` steps, then cosine decay to 0 at `total_steps`, peaking at `base_lr` scaled by the global batch."""
+    warmup = (optim_cfg.warmup_steps if optim_cfg.warmup_steps >= 0
+              else round(optim_cfg.warmup_epochs * per_epoch))
+    peak = peak_learning_rate(optim_cfg.base_lr, batch_size, optim_cfg.lr_scaling)
+    return warmup_cosine(peak, warmup, total_steps)
+
+
 class PeakHoldState(NamedTuple):
     count: jax.Array
     peak: jax.Array

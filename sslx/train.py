@@ -1,4 +1,4 @@
-"""The train state and the one pure, data-parallel pretraining step."""
+"""The train state, the one data-parallel step factory every stage builds its update from, and the pretraining step."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -24,52 +24,87 @@ class TrainState:
     extra: Any   # method state: EMA target params, queues, ...
 
 
+def new_state(params: Any, batch_stats: Any, optimizer: optax.GradientTransformation, extra: Any = None) -> TrainState:
+    """The state at step 0 of a network's variables, with the optimizer's initial state."""
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                      opt_state=optimizer.init(params), extra={} if extra is None else extra)
+
+
 def create_train_state(method: Method, optimizer: optax.GradientTransformation, rng: jax.Array,
                        sample_images: jax.Array) -> TrainState:
     params, batch_stats, extra = method.init(rng, sample_images)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                      opt_state=optimizer.init(params), extra=extra)
+    return new_state(params, batch_stats, optimizer, extra)
 
 
-def make_train_step(method: Method, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-                    mesh: Mesh) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
-    """`(state, batch, rng) -> (state, metrics)`, jitted, per replica over the mesh's batch axis.
+# loss_fn(params, state, batch, *inputs) -> (per-replica loss, (batch_stats, metrics, outputs)): the loss of this
+# replica's share of the batch, the network's updated BN statistics, per-replica metrics (averaged over replicas),
+# and what `after_update` reads.
+LossFn = Callable[..., tuple[jax.Array, tuple[Any, dict, Any]]]
 
-    State is replicated, the batch split. Gradients are those of the global mean loss: the
-    per-replica loss is pmean-ed before differentiation, so every replica applies the same update.
-    With `method.config.micro_batch_size` > 0 they come from `grad_cache` instead.
+
+def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, mesh: Mesh, *,
+              schedule: optax.Schedule | None = None, num_inputs: int = 0,
+              after_update: Callable[[TrainState, Any], Any] | None = None,
+              gradients: Callable[..., tuple[tuple[jax.Array, tuple[Any, dict, Any]], Any]] | None = None,
+              ) -> Callable[..., tuple[TrainState, dict]]:
+    """`(state, batch, *inputs) -> (state, metrics)`, jitted, per replica over the mesh's batch axis: the update of
+    every stage (pretraining, fine-tuning, distillation, linear eval), which differ only in `loss_fn`.
+
+    State and the `num_inputs` extra inputs (an rng, frozen teacher or encoder variables) are replicated, the batch
+    split. Gradients are those of the global mean loss: the per-replica loss is pmean-ed before differentiation,
+    so every replica applies the same update; `gradients(state, batch, *inputs)` replaces that (GradCache). BN
+    statistics are averaged over replicas (per-replica BN keeps per-device ones: their mean is the one model to
+    save). `after_update(new_state, outputs)` gives the new `extra` (EMA targets, queues). Metrics: the replica
+    mean of loss_fn's, plus loss, grad and param norms and the learning rate of the step.
     """
-    micro_batch_size = method.config.micro_batch_size
 
-    def per_replica(state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainState, dict]:
-        check_batch(batch)
-        rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), lax.axis_index(BATCH_AXIS))
-
+    def value_and_grad(state: TrainState, batch: dict, *inputs):
         def global_loss(params):
-            loss, aux = method.loss(params, state.batch_stats, state.extra, batch, rng, state.step)
+            loss, aux = loss_fn(params, state, batch, *inputs)
             return lax.pmean(loss, BATCH_AXIS), aux
+        return jax.value_and_grad(global_loss, has_aux=True)(state.params)
 
-        if micro_batch_size:
-            (loss, (batch_stats, metrics)), grads = grad_cache(
-                method, state.params, state.batch_stats, batch, micro_batch_size)
-            outputs = {}
-        else:
-            (loss, (batch_stats, metrics, outputs)), grads = jax.value_and_grad(
-                global_loss, has_aux=True)(state.params)
-        # Per-replica BN keeps per-device running statistics; averaging them gives one model to save.
+    def per_replica(state: TrainState, batch: dict, *inputs) -> tuple[TrainState, dict]:
+        (loss, (batch_stats, metrics, outputs)), grads = (gradients or value_and_grad)(state, batch, *inputs)
         batch_stats = lax.pmean(batch_stats, BATCH_AXIS)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                                   opt_state=opt_state)
-        new_state = new_state.replace(extra=method.after_update(new_state, outputs))
+        if after_update is not None:
+            new_state = new_state.replace(extra=after_update(new_state, outputs))
         metrics = lax.pmean(metrics, BATCH_AXIS)
-        metrics.update(loss=loss, learning_rate=schedule(state.step), grad_norm=optax.tree.norm(grads),
-                       param_norm=optax.tree.norm(params))
+        metrics.update(loss=loss, grad_norm=optax.tree.norm(grads), param_norm=optax.tree.norm(params))
+        if schedule is not None:
+            metrics["learning_rate"] = schedule(state.step)
         return new_state, metrics
 
-    sharded = jax.shard_map(per_replica, mesh=mesh, in_specs=(P(), P(BATCH_AXIS), P()), out_specs=(P(), P()))
+    in_specs = (P(), P(BATCH_AXIS)) + (P(),) * num_inputs
+    sharded = jax.shard_map(per_replica, mesh=mesh, in_specs=in_specs, out_specs=(P(), P()))
     return jax.jit(sharded, donate_argnums=0)
+
+
+def make_train_step(method: Method, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+                    mesh: Mesh) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
+    """The pretraining step `(state, batch, rng) -> (state, metrics)` of `method` (see `make_step`).
+
+    Per-step randomness is the rng folded with the step and the replica index. With
+    `method.config.micro_batch_size` > 0 the gradients come from `grad_cache`.
+    """
+    micro_batch_size = method.config.micro_batch_size
+
+    def loss_fn(params: Any, state: TrainState, batch: dict, rng: jax.Array):
+        check_batch(batch)
+        rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), lax.axis_index(BATCH_AXIS))
+        return method.loss(params, state.batch_stats, state.extra, batch, rng, state.step)
+
+    def micro_batched(state: TrainState, batch: dict, rng: jax.Array):
+        del rng
+        check_batch(batch)
+        return grad_cache(method, state.params, state.batch_stats, batch, micro_batch_size)
+
+    return make_step(loss_fn, optimizer, mesh, schedule=schedule, num_inputs=1, after_update=method.after_update,
+                     gradients=micro_batched if micro_batch_size else None)
 
 
 def _split_micro_batches(batch: Any, micro_batch_size: int) -> Any:
@@ -81,7 +116,7 @@ def _merge_micro_batches(tree: Any) -> Any:
 
 
 def grad_cache(method: Method, params: Any, batch_stats: Any, batch: dict,
-               micro_batch_size: int) -> tuple[tuple[jax.Array, tuple[Any, dict]], Any]:
+               micro_batch_size: int) -> tuple[tuple[jax.Array, tuple[Any, dict, dict]], Any]:
     """`value_and_grad` of the global mean loss over the whole batch, holding one micro-batch's activations.
 
     GradCache (Gao et al. 2021): embed every micro-batch without keeping activations, differentiate the
@@ -114,4 +149,4 @@ def grad_cache(method: Method, params: Any, batch_stats: Any, batch: dict,
 
     grads, _ = lax.scan(accumulate, jax.tree.map(jnp.zeros_like, local_params), (micro_batches, output_grads))
     new_batch_stats = jax.tree.map(lambda s: jnp.mean(s, axis=0), micro_stats)
-    return (loss, (new_batch_stats, metrics)), lax.psum(grads, BATCH_AXIS)
+    return (loss, (new_batch_stats, metrics, {})), lax.psum(grads, BATCH_AXIS)

@@ -49,7 +49,7 @@ def test_print_config_resolves_a_recipe_by_name_with_overrides(tmp_path):
     ("sslx-distill", ("--config", "distill_cifar10", "--config.distill.temprature=2"),
      "sslx-distill: error: unknown config key 'temprature' (--config.distill.temprature=2): config.distill has no "
      "such key; did you mean config.distill.temperature? the keys are defined in distill_config() in "
-     "sslx/stages/distill.py and distill_cifar10; --print_config lists them"),
+     "sslx/config.py and distill_cifar10; --print_config lists them"),
     ("sslx-knn", ("--config", "knn_cifar11"), "recipe knn_cifar11 not found"),
     ("sslx-knn", (), "--config is required: pass a recipe such as --config knn_cifar10"),
 ])

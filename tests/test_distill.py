@@ -11,7 +11,7 @@ import pytest
 
 from sslx import losses, parallel
 from sslx.checkpoint import Checkpointer
-from sslx.config import base_config, eval_config
+from sslx.config import base_config, distill_config, eval_config
 from sslx.evaluators.encoders import build_classifier
 from sslx.parallel import BATCH_AXIS
 from sslx.stages import distill, finetune, pretrain
@@ -61,7 +61,7 @@ def step_outputs(mesh, state, teacher_vars, batch, online):
     step = distill.make_distill_step(student, teacher, OPTIMIZER, SCHEDULE, mesh,
                                      temperature=0.5, supervised_weight=0.5)
     state = parallel.replicate(jax.tree.map(np.array, state), mesh)   # a copy: the step donates it
-    new_state, step_metrics = step(state, parallel.replicate(teacher_vars, mesh), parallel.shard_batch(batch, mesh))
+    new_state, step_metrics = step(state, parallel.shard_batch(batch, mesh), parallel.replicate(teacher_vars, mesh))
     return jax.device_get(new_state), jax.device_get(step_metrics)
 
 
@@ -123,7 +123,7 @@ def teacher(tmp_path_factory):
 
 
 def distill_cfg(teacher_dir, steps):
-    c = distill.distill_config()
+    c = distill_config()
     c.teacher = str(teacher_dir)
     c.eval_batch_size = 304
     c.distill.batch_size = 128

@@ -15,7 +15,7 @@ if shutil.which("openssl") is None:
     pytest.skip("the GCS emulator's TLS front needs the openssl command", allow_module_level=True)
 
 from gcs_emulator import GcsEmulator  # noqa: E402
-from sslx.config import base_config, eval_config  # noqa: E402
+from sslx.config import base_config, distill_config, eval_config  # noqa: E402
 from sslx.data import sources  # noqa: E402
 from sslx.stages import distill, finetune, knn, pretrain  # noqa: E402
 
@@ -72,7 +72,7 @@ def eval_cfg(pretrained):
 
 
 def distill_cfg(teacher, **distill_values):
-    c = distill.distill_config()
+    c = distill_config()
     c.teacher, c.eval_batch_size = teacher, 304
     c.distill.batch_size, c.distill.labelled_batch_size, c.distill.total_steps = 64, 32, 2
     c.distill.log_every_steps = 2

@@ -17,9 +17,8 @@ import sslx
 from sslx import cli, parallel
 from sslx.data import augment
 from sslx.checkpoint import Checkpointer
-from sslx.evaluators.encoders import read_config
+from sslx.evaluators.encoders import load_classifier, read_config
 from sslx.methods import build_method
-from sslx.stages import distill
 
 WIDTH = 1 / 16
 STAGES = (3, 4, 6, 3)
@@ -204,9 +203,9 @@ def test_simclr_v2_sk_saved_model_matches_tensorflow(tmp_path, monkeypatch):
     # The same weights read as a v2 fine-tuned model (supervised head on head layer 1): a distillation teacher.
     run_import(monkeypatch, tmp_path / "r50_sk1" / "saved_model", tmp_path / "teacher", "--image-size", "48",
                "--ft-proj-selector", "1")
-    teacher = distill.load_teacher(str(tmp_path / "teacher"), -1, parallel.make_mesh())
+    teacher = load_classifier(str(tmp_path / "teacher"), -1, parallel.make_mesh())
     kernel, bias = (reference.tf2[f"supervised_head/linear_layer/dense/{k}"] for k in ("kernel", "bias"))
-    np.testing.assert_allclose(jax.jit(teacher.logits_fn())(inputs), expected["hiddens"][1] @ kernel + bias,
+    np.testing.assert_allclose(jax.jit(teacher.predict_fn())(inputs), expected["hiddens"][1] @ kernel + bias,
                                rtol=1e-4, atol=1e-4)
 
 

@@ -68,7 +68,7 @@ def test_periodic_knn_during_pretraining_is_logged_like_any_metric(tmp_path):
     from sslx.stages import pretrain
 
     config = digits_config(total_steps=4)
-    config.eval.every_steps, config.eval.periodic, config.eval.knn_train_examples = 2, "knn", 512
+    config.eval.every_steps, config.eval.periodic, config.knn.train_examples = 2, "knn", 512
     pretrain.run_pretraining(config, str(tmp_path))
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     knn_steps = [entry["step"] for entry in logged if "knn_k20_top1" in entry]

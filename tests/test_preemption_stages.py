@@ -33,7 +33,7 @@ def pretrained(tmp_path_factory):
 
 
 def test_fine_tuning_and_distillation_resume_bitwise_equal(pretrained, tmp_path, monkeypatch):
-    from sslx.config import eval_config
+    from sslx.config import distill_config, eval_config
     from sslx.stages import distill, finetune
     c = eval_config()
     c.pretrained, c.eval_batch_size = str(pretrained), 304
@@ -44,7 +44,7 @@ def test_fine_tuning_and_distillation_resume_bitwise_equal(pretrained, tmp_path,
                                        monkeypatch, 3)
     assert resumed["finetune_steps"] == 5
     assert_bitwise_equal(tmp_path / "resumed", tmp_path / "teacher", step=5)
-    d = distill.distill_config()
+    d = distill_config()
     d.teacher, d.eval_batch_size = str(tmp_path / "teacher"), 304
     d.distill.batch_size, d.distill.total_steps, d.distill.labelled_batch_size = 64, 5, 32
     d.distill.supervised_weight, d.distill.label_fraction = 0.5, 0.1  # two input streams to resume

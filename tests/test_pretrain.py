@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from sslx import data
+from sslx import data, resume
 from sslx.config import base_config
 from sslx.evaluators.linear import linear_probe
 from sslx.stages import pretrain
@@ -81,7 +81,7 @@ def test_non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint(tmp_p
         return dict(batch, view1=batch["view1"] * np.nan) if step == 3 else batch
 
     monkeypatch.setattr(pretrain.Pretraining, "device_views", poisoned)
-    with pytest.raises(pretrain.NonFiniteLossError, match="at step 3.*last good checkpoint is step 2"):
+    with pytest.raises(resume.NonFiniteLossError, match="at step 3.*last good checkpoint is step 2"):
         pretrain.run_pretraining(digits_config(total_steps=6), str(tmp_path))
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]
 

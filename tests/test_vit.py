@@ -14,7 +14,7 @@ import tensorflow as tf
 
 import sslx
 from sslx import export, models
-from sslx.config import base_config, eval_config
+from sslx.config import base_config, distill_config, eval_config
 from sslx.methods import build_method
 from sslx.models.vit import ViT, resize_position_embeddings
 from sslx.stages import distill, finetune, knn, linear_eval
@@ -186,7 +186,7 @@ def test_linear_eval_knn_finetune_and_distill_run_on_the_vit_checkpoint(vit_pret
     tuned = finetune.run_finetune(eval_cfg(root / "simclr"), str(tmp_path / "finetune"))
     assert tuned["finetune_steps"] > 0 and 0.0 <= tuned["top1"] <= 1.0
     # SimCLRv2's distillation of that fine-tuned ViT (no BatchNorm anywhere) into a ViT student.
-    config = distill.distill_config()
+    config = distill_config()
     config.teacher, config.eval_batch_size = str(tmp_path / "finetune"), 304
     config.distill.batch_size, config.distill.total_steps, config.distill.log_every_steps = 64, 2, 1
     distilled = distill.run_distill(config, str(tmp_path / "distill"))

@@ -14,7 +14,7 @@ import ml_collections
 from jax.sharding import Mesh
 
 from sslx import parallel
-from sslx.evaluators.encoders import Pretrained, embed
+from sslx.evaluators.encoders import Trained, embed
 from sslx.models import build_encoder
 
 BASELINES = ("pixels", "random_init")
@@ -66,7 +66,7 @@ def check_baseline(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.baseline={config.baseline!r} has no projection head: leave config.head_layer 0")
 
 
-def frozen_features(config: ml_collections.ConfigDict, pretrained: Pretrained,
+def frozen_features(config: ml_collections.ConfigDict, pretrained: Trained,
                     mesh: Mesh) -> tuple[Callable[[Any, jax.Array], jax.Array], Any]:
     """`(apply(variables, images), variables)`: the features an evaluation stage reads, replicated on `mesh`.
 

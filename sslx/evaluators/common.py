@@ -1,27 +1,26 @@
-"""What the evaluation stages share: the data section, split features and labels, results and their sinks."""
+"""What the evaluation stages share: the data section, labelled subsets and batches, classifier accuracy, results."""
 from __future__ import annotations
 
 import functools
 import hashlib
 import io
 import json
-import math
 import time
 from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from sslx import data, metrics, parallel, paths, resume
-from sslx.checkpoint import Checkpointer
+from sslx import data, metrics, paths
 from sslx.evaluators import subsets
-from sslx.evaluators.encoders import Pretrained
-from sslx.evaluators.features import extract_features
+from sslx.evaluators.encoders import Trained, build_classifier
+from sslx.evaluators.features import split_features
 from sslx.evaluators.linear import topk_accuracy
-from sslx.workdir import StopSignals
+from sslx.models import network_variables
 
 
 def data_config(config: ml_collections.ConfigDict, pretrain_config: ml_collections.ConfigDict):
@@ -37,17 +36,9 @@ def check_labelled(data_cfg, split: str) -> data.SplitInfo:
     return info
 
 
-def split_features(fn: Callable[[jax.Array], jax.Array], data_cfg, split: str, mesh: Mesh,
-                   batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """`fn(images)` for every example of `split` in its read order, with labels (centre crops, no augmentation)."""
-    local_batch = parallel.round_up(batch_size, mesh.size) // jax.process_count()
-    batches = data.eval_iterator(data_cfg, split, local_batch=local_batch, image_size=data_cfg.image_size,
-                                 process_index=jax.process_index(), process_count=jax.process_count())
-    return extract_features(fn, batches, mesh)
-
-
 def stage_features(fn: Callable[[jax.Array], jax.Array], variables: Any, config: ml_collections.ConfigDict,
-                   pretrained: Pretrained, data_cfg, split: str, mesh: Mesh) -> tuple[np.ndarray, np.ndarray]:
+                   pretrained: Trained, data_cfg, split: str, mesh: Mesh,
+                   max_examples: int = -1) -> tuple[np.ndarray, np.ndarray]:
     """`split_features` of an evaluation stage, saved to and read back from `config.features_dir` when it is set.
 
     The file is named by everything the features depend on: the network's variables (so a retrained workdir
@@ -55,8 +46,8 @@ def stage_features(fn: Callable[[jax.Array], jax.Array], variables: Any, config:
     linear-eval stages of one encoder then decode and encode each split once.
     """
     if not config.features_dir:
-        return split_features(fn, data_cfg, split, mesh, config.eval_batch_size)
-    key = {"variables": variables_digest(variables), "baseline": config.baseline, "head_layer": config.head_layer,
+        return split_features(fn, data_cfg, split, mesh, config.eval_batch_size, max_examples)
+    key = {"max_examples": max_examples, "variables": variables_digest(variables), "baseline": config.baseline, "head_layer": config.head_layer,
            "pixel_size": config.pixel_size if config.baseline == "pixels" else None,
            "data": data_cfg.to_dict(), "split": split, "pretrained_model": pretrained.config.model.to_dict()}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -67,7 +58,7 @@ def stage_features(fn: Callable[[jax.Array], jax.Array], variables: Any, config:
             stored = np.load(f)
             metrics.log(f"features of {split}: read {path}")
             return stored["features"], stored["labels"]
-    features, labels = split_features(fn, data_cfg, split, mesh, config.eval_batch_size)
+    features, labels = split_features(fn, data_cfg, split, mesh, config.eval_batch_size, max_examples)
     if metrics.is_chief():
         write_features(path, features, labels)
     return features, labels
@@ -137,7 +128,7 @@ def labelled_batches(data_cfg, split: str, indices: np.ndarray | None, global_ba
                                     start=start, first_batch=first_batch)
 
 
-def base_results(stage: str, pretrained: Pretrained, split: str, num_labelled: int,
+def base_results(stage: str, pretrained: Trained, split: str, num_labelled: int,
                  baseline: str = "") -> dict[str, Any]:
     """The fields every evaluation's results.json starts with; `baseline` names baseline features, if any."""
     results = {"stage": stage, "pretrained": str(pretrained.workdir), "step": pretrained.step, "split": split,
@@ -148,7 +139,7 @@ def base_results(stage: str, pretrained: Pretrained, split: str, num_labelled: i
     return results
 
 
-def features_title(config: ml_collections.ConfigDict, pretrained: Pretrained) -> str:
+def features_title(config: ml_collections.ConfigDict, pretrained: Trained) -> str:
     """What an evaluation reads its features from, for logs and plot titles."""
     if config.get("baseline") == "pixels":
         return f"raw pixels (at most {config.pixel_size} px a side)"
@@ -170,56 +161,33 @@ def finish(workdir: paths.PathLike, results: dict[str, Any], started: float) -> 
     return results
 
 
-def classifier_accuracy(network, variables: dict[str, Any], data_cfg, mesh: Mesh,
+def classifier_variables(recorded: ml_collections.ConfigDict, seed: int,
+                         pretrained: Trained | None) -> tuple[Any, Any]:
+    """(params, batch_stats) of a fresh classifier built from its workdir config `recorded`; its encoder and the
+    projection-head layers it keeps come from `pretrained` where given (batch_stats only where there is BatchNorm:
+    a ViT encoder has none)."""
+    size = recorded.data.image_size
+    variables = jax.jit(build_classifier(recorded, None).init, static_argnames="train")(
+        jax.random.key(seed), jnp.zeros((1, size, size, 3)), train=False)
+    params, batch_stats = dict(variables["params"]), dict(variables.get("batch_stats", {}))
+    if pretrained is not None:
+        for fresh, trained in ((params, pretrained.params), (batch_stats, pretrained.batch_stats)):
+            for part in ("encoder", "head"):
+                if part in fresh:
+                    fresh[part] = {name: trained[part][name] for name in fresh[part]}
+    return params, batch_stats
+
+
+def classifier_accuracy(recorded: ml_collections.ConfigDict, params: Any, batch_stats: Any, data_cfg, mesh: Mesh,
                         batch_size: int) -> dict[str, float]:
-    """Top-1/top-5 of a classifier network (eval mode) on `data_cfg.eval_split`, data-parallel."""
-    logits_fn = lambda images: network.apply(variables, images, train=False)  # noqa: E731
-    logits, labels = split_features(logits_fn, data_cfg, data_cfg.eval_split, mesh, batch_size)
-    logits, labels = jax.numpy.asarray(logits), jax.numpy.asarray(labels)
+    """Top-1/top-5 on `data_cfg.eval_split` of the classifier of workdir config `recorded` (eval mode),
+    data-parallel."""
+    variables = network_variables(params, batch_stats)
+    network = build_classifier(recorded, None)
+    logits, labels = split_features(lambda images: network.apply(variables, images, train=False), data_cfg,
+                                    data_cfg.eval_split, mesh, batch_size)
+    logits, labels = jnp.asarray(logits), jnp.asarray(labels)
     return {"top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, 5)}
-
-
-def train_classifier(state: Any, step_fn: Callable[[Any, dict], tuple[Any, dict]],
-                     feed_from: Callable[[int, dict], resume.Feed], checkpointer: Any, writer: metrics.MetricWriter,
-                     cfg: ml_collections.ConfigDict, *, section: str, total_steps: int,
-                     describe: Callable[[dict], str] = lambda scalars: "") -> Any:
-    """The loop of the classifier stages (fine-tune, distil): resume from the newest readable checkpoint (input
-    position included), step to `total_steps` with progress lines and metrics, stop on a non-finite loss, save
-    periodically and at the end, stop with a checkpoint on SIGTERM/SIGINT.
-
-    `step_fn(state, batch) -> (state, metrics)`; `feed_from(start_step, saved data)` gives the sharded batches;
-    `cfg` is the stage's config section (config.<section>: batch_size, log_every_steps, checkpoint_every_steps).
-    """
-    start, state, saved = resume.restore(checkpointer, state, writer)
-    progress = metrics.Progress(total_steps, cfg.batch_size, first_step=start)
-    feed = feed_from(start, saved)
-    with StopSignals() as signals:
-        for step in range(start + 1, total_steps + 1):
-            state, step_metrics = step_fn(state, next(feed))
-            if step % cfg.log_every_steps == 0 or step == total_steps:
-                scalars = metrics.to_python(step_metrics)
-                if not math.isfinite(scalars["loss"]):
-                    raise FloatingPointError(f"non-finite {section} loss at step {step}: lower "
-                                             f"config.{section}.optim.base_lr; {checkpointer.last_good()}")
-                writer.write(step, scalars)
-                metrics.log(progress.line(step, scalars["loss"]) + describe(scalars))
-            if step % cfg.checkpoint_every_steps == 0 or step == total_steps:
-                checkpointer.save(step, state, force=step == total_steps, data=feed.checkpoint_data())
-            resume.stop_here(signals, checkpointer, step, state, feed)
-    return state
-
-
-def train_with_sinks(workdir, cfg: ml_collections.ConfigDict,
-                     train: Callable[[Checkpointer, metrics.MetricWriter], Any]) -> Any:
-    """`train(checkpointer, writer)` with the stage's checkpointer (config section `cfg`) and metric writer, both
-    closed whatever happens (closing waits for the last save to be committed)."""
-    checkpointer = Checkpointer(workdir, keep=cfg.keep_checkpoints, every_steps=cfg.checkpoint_every_steps)
-    writer = metrics.MetricWriter(workdir)
-    try:
-        return train(checkpointer, writer)
-    finally:
-        checkpointer.close()
-        writer.close()
 
 
 def check_loop_keys(cfg: ml_collections.ConfigDict, section: str) -> None:

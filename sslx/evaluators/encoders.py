@@ -1,4 +1,4 @@
-"""A pretraining (or fine-tuning) workdir as a network for the evaluation stages.
+"""A pretraining or classifier (fine-tuning, distillation) workdir as a network: the one loader of trained weights.
 
 The architecture comes from the workdir's config.json, the weights from its checkpoints: only `params` and
 `batch_stats` are read, never the optimizer state.
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -22,16 +22,25 @@ from sslx.models import bn_axis, build_encoder, build_head, compute_dtype, netwo
 
 
 @dataclasses.dataclass(frozen=True)
-class Pretrained:
+class Trained:
+    """A workdir's network at one checkpoint: a pretraining's encoder and head, or a fine-tuned classifier."""
     workdir: epath.Path
-    config: ml_collections.ConfigDict   # the pretraining config
+    config: ml_collections.ConfigDict   # the workdir's config.json
     step: int
-    params: Any                         # {'encoder', 'head'}, replicated over the mesh
-    batch_stats: Any                    # {} where the network has no BatchNorm (a ViT with a BN-free head)
+    network: nn.Module                  # built from `config`, eval mode (no replica axis)
+    variables: dict[str, Any]           # {'params', 'batch_stats'} ('params' alone without BatchNorm), replicated
 
     @property
-    def variables(self) -> dict[str, Any]:
-        return network_variables(self.params, self.batch_stats)
+    def params(self) -> Any:
+        return self.variables["params"]
+
+    @property
+    def batch_stats(self) -> Any:
+        return self.variables.get("batch_stats", {})
+
+    def predict_fn(self) -> Callable[[jax.Array], jax.Array]:
+        """`images -> outputs` of the network in eval mode (a classifier's logits)."""
+        return lambda images: self.network.apply(self.variables, images, train=False)
 
 
 class EncoderWithHead(nn.Module):
@@ -43,40 +52,59 @@ class EncoderWithHead(nn.Module):
         return self.head(self.encoder(images, train=train), train=train)
 
 
-def read_config(workdir: paths.PathLike) -> ml_collections.ConfigDict:
+def pretrained_network(config: ml_collections.ConfigDict) -> EncoderWithHead:
+    return EncoderWithHead(build_encoder(config.model, None), build_head(config, None))
+
+
+def read_config(workdir: paths.PathLike, key: str = "config.pretrained",
+                written_by: str = "sslx-pretrain") -> ml_collections.ConfigDict:
+    """The config.json of the workdir that config key `key` names; one-line errors for a missing or unreadable one."""
     path = paths.as_path(workdir) / "config.json"
     if not paths.as_path(workdir).is_dir():
-        raise FileNotFoundError(f"pretrained workdir {workdir} does not exist (config.pretrained)")
+        raise FileNotFoundError(f"{key}={workdir} does not exist: pass a workdir written by {written_by}")
     try:
         return ml_collections.ConfigDict(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, json.JSONDecodeError) as error:
-        raise FileNotFoundError(f"cannot read {path} ({type(error).__name__}): config.pretrained must be a "
-                                f"workdir written by sslx-pretrain") from None
+        raise FileNotFoundError(f"cannot read {path} ({type(error).__name__}): {key} must be a workdir written by "
+                                f"{written_by}") from None
 
 
-def load_pretrained(workdir: str, step: int | None, mesh: Mesh) -> Pretrained:
-    """The encoder and head weights of `workdir` at `step` (None or negative: the latest), replicated on `mesh`."""
-    config = read_config(workdir)
+def load_workdir(workdir: str, step: int | None, mesh: Mesh, network: Callable[[ml_collections.ConfigDict], nn.Module],
+                 config: ml_collections.ConfigDict) -> Trained:
+    """The weights of the network that `network(config)` builds from `config` (the workdir's config.json), at
+    checkpoint `step` (None or negative: the latest), replicated on `mesh`: only 'params' and 'batch_stats' are read."""
     if not (paths.as_path(workdir) / "checkpoints").is_dir():
-        raise FileNotFoundError(f"pretrained workdir {workdir} has no checkpoints/ directory")
+        raise FileNotFoundError(f"workdir {workdir} has no checkpoints/ directory")
     size = config.data.image_size
-    network = EncoderWithHead(build_encoder(config.model, None), build_head(config, None))
-    shapes = jax.eval_shape(lambda: network.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
-    step, restored = restore_variables(workdir, shapes, step, mesh)
-    return Pretrained(paths.absolute(workdir), config, step, restored["params"], restored.get("batch_stats", {}))
-
-
-def restore_variables(workdir: str, shapes: dict[str, Any], step: int | None, mesh: Mesh) -> tuple[int, dict]:
-    """(step, {'params', 'batch_stats'}) of the checkpoint of `step` (None or negative: the latest) in `workdir`,
-    shaped as the network variables `shapes` (only 'params' where it has no BatchNorm), replicated on `mesh`."""
+    model = network(config)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
     sharding = parallel.replicated(mesh)
     like = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
                         {name: shapes[name] for name in ("params", "batch_stats") if name in shapes})
     checkpointer = Checkpointer(workdir, keep=1, every_steps=1)
     try:
-        return checkpointer.restore_subtree(like, None if step is None or step < 0 else step)
+        step, variables = checkpointer.restore_subtree(like, None if step is None or step < 0 else step)
     finally:
         checkpointer.close()
+    return Trained(paths.absolute(workdir), config, step, model, variables)
+
+
+def load_pretrained(workdir: str, step: int | None, mesh: Mesh, key: str = "config.pretrained") -> Trained:
+    """The encoder and head of a pretraining (or imported) workdir."""
+    return load_workdir(workdir, step, mesh, pretrained_network, read_config(workdir, key))
+
+
+CLASSIFIER_KEYS = ("model", "head", "head_layers", "num_classes")
+
+
+def load_classifier(workdir: str, step: int | None, mesh: Mesh, key: str = "config.teacher") -> Trained:
+    """The classifier of a fine-tuning or distillation workdir (config.json with CLASSIFIER_KEYS)."""
+    config = read_config(workdir, key, "sslx-finetune")
+    missing = [k for k in CLASSIFIER_KEYS if k not in config]
+    if missing:
+        raise ValueError(f"{key}={workdir} is not a classifier workdir: its config.json has no {', '.join(missing)} "
+                         f"(a pretraining workdir?); pass a workdir written by sslx-finetune or sslx-distill")
+    return load_workdir(workdir, step, mesh, lambda c: build_classifier(c, None), config)
 
 
 def check_head_layer(config: ml_collections.ConfigDict, layer: int, key: str) -> None:
@@ -90,13 +118,12 @@ def embed(config: ml_collections.ConfigDict, variables: dict[str, Any], images: 
           head_layer: int = 0) -> jax.Array:
     """Frozen features in eval mode: the encoder output (layer 0) or the output of head layer `head_layer`.
 
-    `config` is the pretraining config, `variables` {'params', 'batch_stats'} as in `Pretrained.variables`.
+    `config` is the pretraining config, `variables` {'params', 'batch_stats'} as in `Trained.variables`.
     """
     if head_layer == 0:
         return build_encoder(config.model, None).apply(
             network_variables(variables["params"], variables.get("batch_stats"), "encoder"), images, train=False)
-    network = EncoderWithHead(build_encoder(config.model, None), build_head(config, None))
-    return network.apply(variables, images, train=False)[1][head_layer]
+    return pretrained_network(config).apply(variables, images, train=False)[1][head_layer]
 
 
 class HeadLayers(nn.Module):

@@ -10,11 +10,13 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
 from sslx import parallel
+from sslx.evaluators.features import Encode, split_features
 from sslx.parallel import BATCH_AXIS
 
 
@@ -82,3 +84,33 @@ def knn_classify(train_features: np.ndarray, train_labels: np.ndarray, test_feat
         results[f"k{k}_top1"] = float(np.mean(ranked[:, :1] == truth))
         results[f"k{k}_top5"] = float(np.mean(np.any(ranked[:, :5] == truth, axis=1)))
     return results
+
+
+def check_knn_config(cfg: ml_collections.ConfigDict) -> None:
+    if not cfg.ks or min(cfg.ks) <= 0:
+        raise ValueError(f"config.knn.ks={cfg.ks} must be positive neighbour counts")
+    if cfg.temperature <= 0:
+        raise ValueError(f"config.knn.temperature={cfg.temperature} must be positive")
+
+
+class KnnEvaluator:
+    """kNN top-1/top-5 of an encoder's frozen features: the bank from the train split (its first
+    `cfg.train_examples`), the queries from the eval split of `data_cfg`; `cfg` is a `knn_config()` section."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, data_cfg, mesh: Mesh, batch_size: int, num_classes: int):
+        check_knn_config(cfg)
+        self.cfg, self.data_cfg, self.mesh, self.batch_size = cfg, data_cfg, mesh, batch_size
+        self.num_classes = num_classes
+
+    def features(self, encode: Encode) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """((train features, labels), (eval features, labels))."""
+        bank = split_features(encode, self.data_cfg, self.data_cfg.train_split, self.mesh, self.batch_size,
+                              self.cfg.train_examples)
+        return bank, split_features(encode, self.data_cfg, self.data_cfg.eval_split, self.mesh, self.batch_size)
+
+    def score(self, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
+        return knn_classify(*train, *test, self.num_classes, self.mesh, ks=tuple(self.cfg.ks),
+                            temperature=self.cfg.temperature, query_chunk=self.cfg.query_chunk)
+
+    def run(self, encode: Encode) -> dict[str, float]:
+        return self.score(*self.features(encode))

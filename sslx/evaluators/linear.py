@@ -5,6 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
+
+from sslx.evaluators.features import Encode, split_features
 
 
 def _standardize(train: np.ndarray, test: np.ndarray) -> tuple[jax.Array, jax.Array]:
@@ -108,3 +111,18 @@ def classifier_accuracy(params: dict[str, jax.Array], features: np.ndarray, labe
     logits = jnp.asarray(features, jnp.float32) @ params["w"] + params["b"]
     labels = jnp.asarray(labels)
     return {"top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, 5)}
+
+
+class LinearProbe:
+    """The fast linear probe of an encoder's frozen features: logistic regression fit on the train split (its first
+    `cfg.probe_train_examples`), top-1/top-5 on the eval split of `data_cfg`; `cfg` is a pretraining's config.eval
+    (batch_size, probe_train_examples, probe_l2, probe_steps)."""
+
+    def __init__(self, cfg, data_cfg, mesh: Mesh, num_classes: int):
+        self.cfg, self.data_cfg, self.mesh, self.num_classes = cfg, data_cfg, mesh, num_classes
+
+    def run(self, encode: Encode) -> dict[str, float]:
+        train = split_features(encode, self.data_cfg, self.data_cfg.train_split, self.mesh, self.cfg.batch_size,
+                               self.cfg.probe_train_examples)
+        test = split_features(encode, self.data_cfg, self.data_cfg.eval_split, self.mesh, self.cfg.batch_size)
+        return linear_probe(*train, *test, self.num_classes, l2=self.cfg.probe_l2, steps=self.cfg.probe_steps)

@@ -1,75 +1,46 @@
 """Evaluators the pretraining loop runs every `config.eval.every_steps` (`config.eval.periodic`), by name.
 
-Each is built once from the pretraining run and has `run(state) -> metrics`, logged like the training scalars.
+Each is built once from its config section, the data section and the mesh, and has `run(encode) -> metrics` for an
+encode function of the current state; the metrics are logged like the training scalars, prefixed with the name.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Callable
 
-import jax
+import ml_collections
+from jax.sharding import Mesh
 
-from sslx import data, parallel
-from sslx.evaluators.features import extract_features
-from sslx.evaluators.knn import knn_classify
-from sslx.evaluators.linear import linear_probe
-
-
-class _FeatureEvaluator:
-    """Frozen features of the current encoder on the train split (capped) and the eval split."""
-
-    def __init__(self, run: Any):
-        self.pretraining = run
-        self.config = run.config
-        self.num_classes = run.train_info.num_classes
-        if self.num_classes <= 0:
-            raise ValueError(f"config.eval.periodic={self.config.eval.periodic!r} needs labels, and "
-                             f"{self.config.data.name!r} has none: leave config.eval.periodic empty")
-
-    def features(self, state: Any, split: str, max_examples: int):
-        encode = lambda images: self.pretraining.method.encode(state.params, state.batch_stats, images)  # noqa: E731
-        local_batch = parallel.round_up(self.config.eval.batch_size, self.pretraining.mesh.size) // jax.process_count()
-        batches = data.eval_iterator(self.config.data, split, local_batch=local_batch,
-                                     image_size=self.config.data.image_size, max_examples=max_examples,
-                                     process_index=jax.process_index(), process_count=jax.process_count())
-        return extract_features(encode, batches, self.pretraining.mesh)
+from sslx.evaluators.features import Encode
+from sslx.evaluators.knn import KnnEvaluator
+from sslx.evaluators.linear import LinearProbe
 
 
-class KnnEvaluator(_FeatureEvaluator):
-    def run(self, state: Any) -> dict[str, float]:
-        eval_cfg = self.config.eval
-        train = self.features(state, self.config.data.train_split, eval_cfg.knn_train_examples)
-        test = self.features(state, self.config.data.eval_split, -1)
-        scores = knn_classify(*train, *test, self.num_classes, self.pretraining.mesh, ks=tuple(eval_cfg.knn_ks),
-                              temperature=eval_cfg.knn_temperature)
-        return {f"knn_{name}": value for name, value in scores.items()}
+def _knn(config: ml_collections.ConfigDict, mesh: Mesh, num_classes: int) -> KnnEvaluator:
+    return KnnEvaluator(config.knn, config.data, mesh, config.eval.batch_size, num_classes)
 
 
-class LinearProbeEvaluator(_FeatureEvaluator):
-    def run(self, state: Any) -> dict[str, float]:
-        eval_cfg = self.config.eval
-        train = self.features(state, self.config.data.train_split, eval_cfg.probe_train_examples)
-        test = self.features(state, self.config.data.eval_split, -1)
-        scores = linear_probe(*train, *test, self.num_classes, l2=eval_cfg.probe_l2, steps=eval_cfg.probe_steps)
-        return {f"linear_probe_{name}": value for name, value in scores.items()}
+def _linear_probe(config: ml_collections.ConfigDict, mesh: Mesh, num_classes: int) -> LinearProbe:
+    return LinearProbe(config.eval, config.data, mesh, num_classes)
 
 
-EVALUATORS = {"knn": KnnEvaluator, "linear": LinearProbeEvaluator}
+# A name in config.eval.periodic -> (the prefix of its metrics, its builder from the pretraining config).
+EVALUATORS: dict[str, tuple[str, Callable]] = {"knn": ("knn", _knn), "linear": ("linear_probe", _linear_probe)}
 
 
-def build(run: Any) -> list:
-    """The evaluators named in `config.eval.periodic` (none when config.eval.every_steps <= 0)."""
-    eval_cfg = run.config.eval
-    names = [name.strip() for name in eval_cfg.periodic.split(",") if name.strip()]
-    if eval_cfg.every_steps <= 0:
-        return []
+def build(config: ml_collections.ConfigDict, mesh: Mesh, num_classes: int) -> dict:
+    """{metric prefix: evaluator} for the names in `config.eval.periodic` (none when config.eval.every_steps <= 0)."""
+    names = [name.strip() for name in config.eval.periodic.split(",") if name.strip()]
+    if config.eval.every_steps <= 0 or not names:
+        return {}
     unknown = [name for name in names if name not in EVALUATORS]
     if unknown:
         raise ValueError(f"config.eval.periodic names unknown evaluators {unknown}; known: {sorted(EVALUATORS)}")
-    return [EVALUATORS[name](run) for name in names]
+    if num_classes <= 0:
+        raise ValueError(f"config.eval.periodic={config.eval.periodic!r} needs labels, and {config.data.name!r} has "
+                         f"none: leave config.eval.periodic empty")
+    return {EVALUATORS[name][0]: EVALUATORS[name][1](config, mesh, num_classes) for name in names}
 
 
-def run_all(evaluators: list, state: Any) -> dict[str, float]:
-    results: dict[str, float] = {}
-    for evaluator in evaluators:
-        results.update(evaluator.run(state))
-    return results
+def run_all(evaluators: dict, encode: Encode) -> dict[str, float]:
+    return {f"{prefix}_{key}": value for prefix, evaluator in evaluators.items()
+            for key, value in evaluator.run(encode).items()}

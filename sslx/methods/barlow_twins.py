@@ -4,20 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import flax.linen as nn
 import jax
 
 from sslx.losses import barlow_twins, embedding_std
-from sslx.methods.base import Method, Metrics, SSLNetwork
-from sslx.models import build_encoder, build_head
+from sslx.methods.base import Method, Metrics
 from sslx.parallel import BATCH_AXIS
 
 
 class BarlowTwins(Method):
-
-    def network(self, axis_name: str | None) -> nn.Module:
-        return SSLNetwork(encoder=build_encoder(self.config.model, axis_name),
-                          head=build_head(self.config, axis_name), num_classes=self.num_classes)
 
     def loss(self, params: Any, batch_stats: Any, extra: Any, batch: dict[str, jax.Array],
              rng: jax.Array, step: jax.Array) -> tuple[jax.Array, tuple[Any, Metrics, Any]]:

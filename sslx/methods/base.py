@@ -76,9 +76,14 @@ class Method(abc.ABC):
         if not self.has_predictor and layers > 0:
             raise ValueError(f"config.predictor.num_layers={layers}: {self.config.method} has no predictor; set 0.")
 
-    @abc.abstractmethod
     def network(self, axis_name: str | None) -> nn.Module:
-        """The trained network; `axis_name` binds global BN inside the data-parallel step."""
+        """The trained network; `axis_name` binds global BN inside the data-parallel step. By default the encoder
+        and projection head of config.model and config.head, the predictor where the method has one, and the
+        online probe."""
+        return SSLNetwork(encoder=models.build_encoder(self.config.model, axis_name),
+                          head=models.build_head(self.config, axis_name),
+                          predictor=models.build_predictor(self.config, axis_name) if self.has_predictor else None,
+                          num_classes=self.num_classes)
 
     def init(self, rng: jax.Array, images: jax.Array) -> tuple[Any, Any, Any]:
         """(params, batch_stats, extra) for a sample batch, initialised outside any mesh."""

@@ -3,22 +3,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from sslx.losses import nt_xent
-from sslx.methods.base import Method, Metrics, SSLNetwork
-from sslx.models import build_encoder, build_head
+from sslx.methods.base import Method, Metrics
 from sslx.parallel import BATCH_AXIS
 
 
 class SimCLR(Method):
     """v1 or v2 is the head (config.head.version); the loss and loop are the same."""
-
-    def network(self, axis_name: str | None) -> nn.Module:
-        return SSLNetwork(encoder=build_encoder(self.config.model, axis_name),
-                          head=build_head(self.config, axis_name), num_classes=self.num_classes)
 
     def embed(self, params: Any, batch_stats: Any, batch: dict[str, jax.Array]) -> tuple[Any, Any]:
         """Projections (and probe logits) of both views, [n, 2, ...] per leaf."""

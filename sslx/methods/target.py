@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from sslx.methods.base import Method, SSLNetwork
-from sslx.models import build_encoder, build_head, build_predictor, network_variables, stats_of
+from sslx.models import build_encoder, build_head, network_variables, stats_of
 from sslx.parallel import BATCH_AXIS
 
 TARGET_MODULES = ("encoder", "head")   # what the target copies from the online network (no predictor, no probe)
@@ -47,11 +47,6 @@ class MomentumTargetMethod(Method):
     def momentum(self, step: jax.Array) -> jax.Array:
         """tau for the update after optimizer step `step` (0-based)."""
         raise NotImplementedError
-
-    def network(self, axis_name: str | None) -> nn.Module:
-        return SSLNetwork(encoder=build_encoder(self.config.model, axis_name), head=build_head(self.config, axis_name),
-                          predictor=build_predictor(self.config, axis_name) if self.has_predictor else None,
-                          num_classes=self.num_classes)
 
     def target_network(self, axis_name: str | None) -> nn.Module:
         return SSLNetwork(encoder=build_encoder(self.config.model, axis_name), head=build_head(self.config, axis_name))

@@ -17,9 +17,7 @@ distilled student can be evaluated or serve as the next teacher.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import time
 from typing import Any, Callable
 
@@ -30,58 +28,19 @@ import numpy as np
 import optax
 from etils import epath
 from jax import lax
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
 
 from sslx import data, losses, metrics, optim, parallel, paths, resume
 from sslx import workdir as workdir_lib
 from sslx.checkpoint import Checkpointer
-from sslx.config import base_config, distributed_config
 from sslx.evaluators import common, subsets
-from sslx.evaluators.encoders import build_classifier, load_pretrained, read_config, restore_variables
+from sslx.evaluators.encoders import Trained, build_classifier, load_classifier, load_pretrained
+from sslx.evaluators.features import split_features
 from sslx.models import network_variables, stats_of
 from sslx.parallel import BATCH_AXIS
-from sslx.train import TrainState
+from sslx.train import TrainState, make_step, new_state
 
-CLASSIFIER_KEYS = ("model", "head", "head_layers", "num_classes")
 LOGITS_FILE = "teacher_logits.npy"
-
-
-def distill_config() -> ml_collections.ConfigDict:
-    """The base of the distillation recipes (configs/distill_*.py)."""
-    c = ml_collections.ConfigDict()
-    c.teacher = ""                # a fine-tuned (or distilled) classifier workdir (required)
-    c.teacher_step = -1           # its checkpoint step (-1: the latest)
-    c.seed = 0
-    c.eval_batch_size = 512
-    c.data = base_config().data   # used when data.name is set; "" takes the teacher's data section
-    c.data.name = ""
-
-    c.student = ml_collections.ConfigDict()
-    c.student.model = base_config().model
-    c.student.model.name = ""     # "": the teacher's architecture (self-distillation) or student.pretrained's
-    c.student.pretrained = ""     # optional pretraining workdir whose encoder initialises the student
-
-    c.distill = ml_collections.ConfigDict()
-    c.distill.temperature = 1.0
-    c.distill.supervised_weight = 0.0  # > 0: plus this x the cross-entropy on the labelled subset
-    c.distill.label_fraction = 0.1     # that subset, drawn as sslx-finetune draws it
-    c.distill.subset_seed = 0
-    c.distill.labelled_batch_size = 256
-    c.distill.teacher_logits = ""      # a .npy of teacher logits for the train split in read order
-    c.distill.precompute = False       # True: only write WORKDIR/teacher_logits.npy and stop
-    c.distill.epochs = 400.0           # SimCLRv2's distillation length
-    c.distill.total_steps = -1         # > 0 wins over epochs
-    c.distill.batch_size = 4096
-    c.distill.optim = base_config().optim
-    c.distill.optim.base_lr = 0.3      # the pretraining's LARS 0.3 x B/256, weight decay 1e-4, 10 warm-up epochs
-    c.distill.optim.weight_decay = 1e-4
-    c.distill.log_every_steps = 100
-    c.distill.checkpoint_every_steps = 1000
-    c.distill.keep_checkpoints = 2
-    c.distributed = distributed_config()
-    return c
-
-
 RUN_LENGTH_KEYS = ("distill.epochs", "distill.total_steps")
 
 
@@ -99,39 +58,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.distill.labelled_batch_size={cfg.labelled_batch_size} must be positive")
     if cfg.total_steps <= 0 and cfg.epochs <= 0:
         raise ValueError("set config.distill.total_steps or config.distill.epochs to a positive number")
-
-
-def read_classifier_config(workdir: str, key: str) -> ml_collections.ConfigDict:
-    """The config.json of a classifier workdir; one-line errors naming `key` for a missing or wrong-kind one."""
-    if not paths.as_path(workdir).is_dir():
-        raise FileNotFoundError(f"{key}={workdir} does not exist: pass a workdir written by sslx-finetune")
-    config = read_config(workdir)
-    missing = [k for k in CLASSIFIER_KEYS if k not in config]
-    if missing:
-        raise ValueError(f"{key}={workdir} is not a classifier workdir: its config.json has no {', '.join(missing)} "
-                         f"(a pretraining workdir?); pass a workdir written by sslx-finetune or sslx-distill")
-    return config
-
-
-@dataclasses.dataclass(frozen=True)
-class Teacher:
-    workdir: epath.Path
-    config: ml_collections.ConfigDict   # its classifier config.json
-    step: int
-    variables: dict[str, Any]           # {'params', 'batch_stats'} ('params' alone without BatchNorm), replicated
-
-    def logits_fn(self) -> Callable[[jax.Array], jax.Array]:
-        network = build_classifier(self.config, None)
-        return lambda images: network.apply(self.variables, images, train=False)
-
-
-def load_teacher(workdir: str, step: int, mesh: Mesh) -> Teacher:
-    config = read_classifier_config(workdir, "config.teacher")
-    size = config.data.image_size
-    network = build_classifier(config, None)
-    shapes = jax.eval_shape(lambda: network.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
-    step, variables = restore_variables(workdir, shapes, step, mesh)
-    return Teacher(paths.absolute(workdir), config, step, variables)
 
 
 def student_config(config: ml_collections.ConfigDict, teacher: ml_collections.ConfigDict,
@@ -154,14 +80,14 @@ def student_config(config: ml_collections.ConfigDict, teacher: ml_collections.Co
 
 def make_distill_step(student, teacher, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                       mesh: Mesh, *, temperature: float,
-                      supervised_weight: float) -> Callable[[TrainState, Any, dict], tuple[TrainState, dict]]:
-    """`(state, teacher_variables, batch) -> (state, metrics)`, data-parallel over the mesh.
+                      supervised_weight: float) -> Callable[[TrainState, dict, Any], tuple[TrainState, dict]]:
+    """`(state, batch, teacher_variables) -> (state, metrics)`, data-parallel (see sslx.train.make_step).
 
     `batch`: 'image' (unlabelled) and either the teacher's 'teacher_logits' or, with `teacher` a network, its
     frozen eval-mode logits computed here; with `supervised_weight` > 0 also 'labelled_image' and 'label'.
     """
 
-    def per_replica(state: TrainState, teacher_variables: Any, batch: dict) -> tuple[TrainState, dict]:
+    def loss_fn(params: Any, state: TrainState, batch: dict, teacher_variables: Any):
         if teacher is None:
             targets = batch["teacher_logits"]
         else:
@@ -172,37 +98,24 @@ def make_distill_step(student, teacher, optimizer: optax.GradientTransformation,
             # One pass over both batches: the student's BN statistics cover labelled and unlabelled images alike.
             images = jnp.concatenate([images, batch["labelled_image"]])
         unlabelled = batch["image"].shape[0]
+        logits, updates = student.apply(network_variables(params, state.batch_stats), images,
+                                        train=True, mutable=["batch_stats"])
+        terms = {"distill_loss": losses.distillation(logits[:unlabelled], targets, temperature=temperature)}
+        if supervised_weight > 0:
+            terms["supervised_loss"] = losses.softmax_cross_entropy(logits[unlabelled:], batch["label"])
+        loss = terms["distill_loss"] + supervised_weight * terms.get("supervised_loss", 0.0)
+        agreement = jnp.mean(jnp.argmax(logits[:unlabelled], -1) == jnp.argmax(targets, -1))
+        return loss, (stats_of(updates), {**terms, "teacher_agreement": agreement}, {})
 
-        def global_loss(params):
-            logits, updates = student.apply(network_variables(params, state.batch_stats), images,
-                                            train=True, mutable=["batch_stats"])
-            distill = lax.pmean(losses.distillation(logits[:unlabelled], targets, temperature=temperature),
-                                BATCH_AXIS)
-            terms = {"distill_loss": distill}
-            if supervised_weight > 0:
-                terms["supervised_loss"] = lax.pmean(
-                    losses.softmax_cross_entropy(logits[unlabelled:], batch["label"]), BATCH_AXIS)
-            loss = distill + supervised_weight * terms.get("supervised_loss", 0.0)
-            return loss, (stats_of(updates), logits[:unlabelled], terms)
-
-        (loss, (batch_stats, logits, terms)), grads = jax.value_and_grad(global_loss, has_aux=True)(state.params)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                              batch_stats=lax.pmean(batch_stats, BATCH_AXIS), opt_state=opt_state)
-        agreement = lax.pmean(jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(targets, -1)), BATCH_AXIS)
-        return state, {"loss": loss, **terms, "teacher_agreement": agreement,
-                       "learning_rate": schedule(state.step - 1)}
-
-    sharded = jax.shard_map(per_replica, mesh=mesh, in_specs=(P(), P(), P(BATCH_AXIS)), out_specs=(P(), P()))
-    return jax.jit(sharded, donate_argnums=0)
+    return make_step(loss_fn, optimizer, mesh, schedule=schedule, num_inputs=1)
 
 
-def precompute_teacher_logits(teacher: Teacher, data_cfg, mesh: Mesh, batch_size: int,
+def precompute_teacher_logits(teacher: Trained, data_cfg, mesh: Mesh, batch_size: int,
                               path: epath.Path) -> epath.Path:
     """Writes the teacher's eval-mode logits of every train-split centre crop, in read order, to `path`."""
     if jax.process_count() > 1:
         raise ValueError("config.distill.precompute runs in a single process: each process sees only its shard")
-    logits, _ = common.split_features(teacher.logits_fn(), data_cfg, data_cfg.train_split, mesh, batch_size)
+    logits, _ = split_features(teacher.predict_fn(), data_cfg, data_cfg.train_split, mesh, batch_size)
     paths.save_array(path, logits.astype(np.float32))
     metrics.log(f"wrote teacher logits {logits.shape} of {data_cfg.name}:{data_cfg.train_split} to {path}")
     return path
@@ -218,15 +131,12 @@ class Distillation:
         cfg = config.distill
         self.mesh = parallel.make_mesh()
         parallel.check_divisible(cfg.batch_size, self.mesh.size, "config.distill.batch_size")
-        self.teacher = load_teacher(config.teacher, config.teacher_step, self.mesh)
+        self.teacher = load_classifier(config.teacher, config.teacher_step, self.mesh)
         self.data = common.data_config(config, self.teacher.config)
         self.num_train = data.describe(self.data, self.data.train_split).num_examples
         self.pretrained = None
         if config.student.pretrained:
-            if not paths.as_path(config.student.pretrained).is_dir():
-                raise FileNotFoundError(f"config.student.pretrained={config.student.pretrained} does not exist: "
-                                        f"pass a workdir written by sslx-pretrain, or leave it empty")
-            self.pretrained = load_pretrained(config.student.pretrained, None, self.mesh)
+            self.pretrained = load_pretrained(config.student.pretrained, None, self.mesh, "config.student.pretrained")
         self.recorded = student_config(config, self.teacher.config,
                                        self.pretrained.config if self.pretrained else None, self.data)
         self.recorded.teacher_step = self.teacher.step
@@ -236,12 +146,9 @@ class Distillation:
             parallel.check_divisible(cfg.labelled_batch_size, self.mesh.size, "config.distill.labelled_batch_size")
             self.subset = common.labelled_subset(self.data, cfg.label_fraction, cfg.subset_seed)
             self.labelled, self.indices, self.num_labelled = self.subset.data, self.subset.indices, self.subset.count
-        steps_per_epoch = max(self.num_train // cfg.batch_size, 1)
-        self.total_steps = cfg.total_steps if cfg.total_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
-        warmup = (cfg.optim.warmup_steps if cfg.optim.warmup_steps >= 0
-                  else round(cfg.optim.warmup_epochs * steps_per_epoch))
-        peak = optim.peak_learning_rate(cfg.optim.base_lr, cfg.batch_size, cfg.optim.lr_scaling)
-        self.schedule = optim.warmup_cosine(peak, min(warmup, self.total_steps), self.total_steps)
+        per_epoch = optim.steps_per_epoch(self.num_train, cfg.batch_size)
+        self.total_steps = optim.run_steps(cfg.total_steps, cfg.epochs, per_epoch)
+        self.schedule = optim.schedule_from_config(cfg.optim, cfg.batch_size, self.total_steps, per_epoch)
         self.optimizer = optim.make_optimizer(cfg.optim, self.schedule)
 
     def teacher_logits(self) -> np.ndarray | None:
@@ -261,17 +168,8 @@ class Distillation:
 
     def initial_state(self) -> TrainState:
         """Fresh student; its encoder from config.student.pretrained when given."""
-        size = self.data.image_size
-        variables = jax.jit(build_classifier(self.recorded, None).init, static_argnames="train")(
-            jax.random.key(self.config.seed), jnp.zeros((1, size, size, 3)), train=False)
-        params, batch_stats = dict(variables["params"]), dict(variables.get("batch_stats", {}))
-        if self.pretrained is not None:
-            params["encoder"] = self.pretrained.params["encoder"]
-            if "encoder" in batch_stats:   # a ResNet; a ViT has none
-                batch_stats["encoder"] = self.pretrained.batch_stats["encoder"]
-        state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                           opt_state=self.optimizer.init(params), extra={})
-        return parallel.replicate(state, self.mesh)
+        params, batch_stats = common.classifier_variables(self.recorded, self.config.seed, self.pretrained)
+        return parallel.replicate(new_state(params, batch_stats, self.optimizer), self.mesh)
 
     def feed(self, start_step: int, saved: dict) -> resume.Feed:
         """Sharded step inputs, from where the checkpoint of `start_step` left each input stream."""
@@ -301,7 +199,7 @@ class Distillation:
         return parallel.shard_batch(inputs, self.mesh)
 
     def step_fn(self) -> Callable:
-        teacher = None if self.logits is not None else build_classifier(self.teacher.config, None)
+        teacher = None if self.logits is not None else self.teacher.network
         return make_distill_step(build_classifier(self.recorded, BATCH_AXIS), teacher, self.optimizer,
                                  self.schedule, self.mesh, temperature=self.config.distill.temperature,
                                  supervised_weight=self.config.distill.supervised_weight)
@@ -310,21 +208,21 @@ class Distillation:
         return {} if self.logits is not None else self.teacher.variables
 
     def evaluate(self, state: TrainState) -> dict[str, float]:
-        return common.classifier_accuracy(
-            build_classifier(self.recorded, None), network_variables(state.params, state.batch_stats),
-            self.data, self.mesh, self.config.eval_batch_size)
+        return common.classifier_accuracy(self.recorded, state.params, state.batch_stats, self.data, self.mesh,
+                                          self.config.eval_batch_size)
 
 
 def train(run: Distillation, checkpointer: Checkpointer, writer: metrics.MetricWriter) -> TrainState:
     """Runs (or resumes) distillation to total_steps; returns the final student state."""
     step_fn, teacher_variables = run.step_fn(), run.teacher_variables()
-    return common.train_classifier(
-        run.initial_state(), lambda state, batch: step_fn(state, teacher_variables, batch), run.feed,
-        checkpointer, writer, run.config.distill, section="distill", total_steps=run.total_steps,
-        describe=lambda scalars: f"  agreement {scalars['teacher_agreement']:.3f}")
+    return resume.train_loop(
+        run.initial_state(), lambda state, batch, step: step_fn(state, batch, teacher_variables), run.feed,
+        checkpointer, writer, run.config.distill, total_steps=run.total_steps,
+        hint="Lower config.distill.optim.base_lr.",
+        describe=lambda scalars: f"  agreement {scalars['teacher_agreement']:.3f}")[0]
 
 
-def teacher_top1(teacher: Teacher) -> float | None:
+def teacher_top1(teacher: Trained) -> float | None:
     """The teacher's own reported top-1 (its results.json), for the student's results."""
     path = teacher.workdir / "results.json"
     return json.loads(path.read_text(encoding="utf-8")).get("top1") if path.is_file() else None
@@ -351,7 +249,7 @@ def run_distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, An
         metrics.log(f"distilling {run.teacher.workdir} ({run.teacher.config.model.name}) into "
                     f"{run.recorded.model.name} x{run.recorded.model.width} on {run.num_train} images of "
                     f"{run.data.name}: {run.total_steps} steps at batch {cfg.batch_size}")
-        state = common.train_with_sinks(run.workdir, cfg, lambda checkpointer, writer: train(run, checkpointer, writer))
+        state = resume.train_with_sinks(run.workdir, cfg, lambda checkpointer, writer: train(run, checkpointer, writer))
         results = {"stage": "distill", "teacher": str(run.teacher.workdir), "teacher_step": run.teacher.step,
                    "teacher_model": run.teacher.config.model.name, "teacher_top1": teacher_top1(run.teacher),
                    "model": run.recorded.model.name, "width": run.recorded.model.width,

@@ -19,18 +19,17 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from jax import lax
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
 
 from sslx import metrics, optim, parallel, paths, resume
 from sslx import workdir as workdir_lib
 from sslx.checkpoint import Checkpointer
 from sslx.evaluators import common, subsets
-from sslx.evaluators.encoders import Pretrained, build_classifier, check_head_layer, load_pretrained
+from sslx.evaluators.encoders import Trained, build_classifier, check_head_layer, load_pretrained
 from sslx.losses import softmax_cross_entropy
 from sslx.models import network_variables, stats_of
 from sslx.parallel import BATCH_AXIS
-from sslx.train import TrainState
+from sslx.train import TrainState, make_step, new_state
 
 RUN_LENGTH_KEYS = ("finetune.epochs",)
 
@@ -46,7 +45,7 @@ def default_epochs(label_fraction: float) -> float:
     return 60.0 if label_fraction <= 0.01 else 30.0
 
 
-def record_config(config: ml_collections.ConfigDict, pretrained: Pretrained, data_cfg,
+def record_config(config: ml_collections.ConfigDict, pretrained: Trained, data_cfg,
                   num_classes: int) -> ml_collections.ConfigDict:
     """The config.json of the fine-tuned workdir: this run's config plus what rebuilds its network."""
     recorded = ml_collections.ConfigDict(config.to_dict())
@@ -73,24 +72,15 @@ def finetune_optimizer(optim_cfg, schedule: optax.Schedule) -> optax.GradientTra
 
 def make_finetune_step(network, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                        mesh: Mesh) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """`(state, batch) -> (state, metrics)`: cross-entropy of the global batch, data-parallel (see sslx.train)."""
+    """`(state, batch) -> (state, metrics)`: cross-entropy of the global batch (see sslx.train.make_step)."""
 
-    def per_replica(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        def global_loss(params):
-            logits, updates = network.apply(network_variables(params, state.batch_stats), batch["image"],
-                                            train=True, mutable=["batch_stats"])
-            loss = lax.pmean(softmax_cross_entropy(logits, batch["label"]), BATCH_AXIS)
-            return loss, (stats_of(updates), logits)
+    def loss_fn(params: Any, state: TrainState, batch: dict):
+        logits, updates = network.apply(network_variables(params, state.batch_stats), batch["image"],
+                                        train=True, mutable=["batch_stats"])
+        top1 = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+        return softmax_cross_entropy(logits, batch["label"]), (stats_of(updates), {"train_top1": top1}, {})
 
-        (loss, (batch_stats, logits)), grads = jax.value_and_grad(global_loss, has_aux=True)(state.params)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                              batch_stats=lax.pmean(batch_stats, BATCH_AXIS), opt_state=opt_state)
-        top1 = lax.pmean(jnp.mean(jnp.argmax(logits, -1) == batch["label"]), BATCH_AXIS)
-        return state, {"loss": loss, "train_top1": top1, "learning_rate": schedule(state.step - 1)}
-
-    sharded = jax.shard_map(per_replica, mesh=mesh, in_specs=(P(), P(BATCH_AXIS)), out_specs=(P(), P()))
-    return jax.jit(sharded, donate_argnums=0)
+    return make_step(loss_fn, optimizer, mesh, schedule=schedule)
 
 
 class FineTuning:
@@ -110,32 +100,17 @@ class FineTuning:
         self.subset = common.labelled_subset(self.data, cfg.label_fraction, cfg.subset_seed)
         self.train_data, self.indices, self.num_labelled = self.subset.data, self.subset.indices, self.subset.count
         epochs = cfg.epochs if cfg.epochs > 0 else default_epochs(cfg.label_fraction)
+        # Epochs count the last partial batch: few labels at a big batch still take a step per epoch's examples.
         self.total_steps = max(math.ceil(epochs * self.num_labelled / cfg.batch_size), 1)
-        steps_per_epoch = max(self.num_labelled // cfg.batch_size, 1)
-        warmup = (cfg.optim.warmup_steps if cfg.optim.warmup_steps >= 0
-                  else round(cfg.optim.warmup_epochs * steps_per_epoch))
-        peak = optim.peak_learning_rate(cfg.optim.base_lr, cfg.batch_size, cfg.optim.lr_scaling)
-        self.schedule = optim.warmup_cosine(peak, warmup, self.total_steps)
+        self.schedule = optim.schedule_from_config(cfg.optim, cfg.batch_size, self.total_steps,
+                                                   optim.steps_per_epoch(self.num_labelled, cfg.batch_size))
         self.optimizer = finetune_optimizer(cfg.optim, self.schedule)
         self.recorded = record_config(config, self.pretrained, self.data, self.num_classes)
 
     def initial_state(self) -> TrainState:
         """Fresh classifier; encoder and the kept head layers from the pretrained checkpoint."""
-        size = self.data.image_size
-        network = build_classifier(self.recorded, None)
-        variables = jax.jit(network.init, static_argnames="train")(
-            jax.random.key(self.config.seed), jnp.zeros((1, size, size, 3)), train=False)
-        params, batch_stats = dict(variables["params"]), dict(variables.get("batch_stats", {}))
-        params["encoder"] = self.pretrained.params["encoder"]
-        if "encoder" in batch_stats:   # a ResNet; a ViT has none
-            batch_stats["encoder"] = self.pretrained.batch_stats["encoder"]
-        if "head" in params:
-            params["head"] = {k: self.pretrained.params["head"][k] for k in params["head"]}
-        if "head" in batch_stats:
-            batch_stats["head"] = {k: self.pretrained.batch_stats["head"][k] for k in batch_stats["head"]}
-        state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                           opt_state=self.optimizer.init(params), extra={})
-        return parallel.replicate(state, self.mesh)
+        params, batch_stats = common.classifier_variables(self.recorded, self.config.seed, self.pretrained)
+        return parallel.replicate(new_state(params, batch_stats, self.optimizer), self.mesh)
 
     def feed(self, start_step: int, saved: dict) -> resume.Feed:
         """Sharded labelled batches, from where the checkpoint of `start_step` left the input."""
@@ -147,16 +122,16 @@ class FineTuning:
             skipped_before=saved.get("skipped_records", 0))
 
     def evaluate(self, state: TrainState) -> dict[str, float]:
-        return common.classifier_accuracy(
-            build_classifier(self.recorded, None), network_variables(state.params, state.batch_stats),
-            self.data, self.mesh, self.config.eval_batch_size)
+        return common.classifier_accuracy(self.recorded, state.params, state.batch_stats, self.data, self.mesh,
+                                          self.config.eval_batch_size)
 
 
 def train(run: FineTuning, checkpointer: Checkpointer, writer: metrics.MetricWriter) -> TrainState:
     """Runs (or resumes) fine-tuning to total_steps; returns the final state."""
     step_fn = make_finetune_step(build_classifier(run.recorded, BATCH_AXIS), run.optimizer, run.schedule, run.mesh)
-    return common.train_classifier(run.initial_state(), step_fn, run.feed, checkpointer, writer,
-                                   run.config.finetune, section="finetune", total_steps=run.total_steps)
+    return resume.train_loop(run.initial_state(), lambda state, batch, step: step_fn(state, batch), run.feed,
+                             checkpointer, writer, run.config.finetune, total_steps=run.total_steps,
+                             hint="Lower config.finetune.optim.base_lr.")[0]
 
 
 def run_finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -172,7 +147,7 @@ def run_finetune(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
         metrics.log(f"fine-tuning {run.pretrained.workdir} step {run.pretrained.step} (+{cfg.head_layers} head "
                     f"layers) on {run.num_labelled} labels of {run.train_data.name}: {run.total_steps} steps at "
                     f"batch {cfg.batch_size}")
-        state = common.train_with_sinks(run.workdir, cfg, lambda checkpointer, writer: train(run, checkpointer, writer))
+        state = resume.train_with_sinks(run.workdir, cfg, lambda checkpointer, writer: train(run, checkpointer, writer))
         results = common.base_results("finetune", run.pretrained, run.data.eval_split, run.num_labelled)
         results.update(run.evaluate(state), label_fraction=cfg.label_fraction, head_layers=cfg.head_layers,
                        finetune_steps=run.total_steps)

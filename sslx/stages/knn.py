@@ -10,16 +10,13 @@ from sslx import data, metrics, parallel, paths, plots
 from sslx import workdir as workdir_lib
 from sslx.evaluators import baselines, common
 from sslx.evaluators.encoders import check_head_layer, load_pretrained
-from sslx.evaluators.knn import knn_classify
+from sslx.evaluators.knn import KnnEvaluator, check_knn_config
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
     if not config.pretrained:
         raise ValueError("config.pretrained is required: pass --config.pretrained=PRETRAIN_WORKDIR")
-    if not config.knn.ks or min(config.knn.ks) <= 0:
-        raise ValueError(f"config.knn.ks={config.knn.ks} must be positive neighbour counts")
-    if config.knn.temperature <= 0:
-        raise ValueError(f"config.knn.temperature={config.knn.temperature} must be positive")
+    check_knn_config(config.knn)
     baselines.check_baseline(config)
 
 
@@ -37,11 +34,12 @@ def run_knn(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     metrics.log(f"kNN (k {tuple(config.knn.ks)}, T {config.knn.temperature}) of {title} ({pretrained.workdir}) on "
                 f"{data_cfg.name}")
     apply, variables = baselines.frozen_features(config, pretrained, mesh)
+    evaluator = KnnEvaluator(config.knn, data_cfg, mesh, config.eval_batch_size, info.num_classes)
     fn = lambda images: apply(variables, images)  # noqa: E731
-    train, test = (common.stage_features(fn, variables, config, pretrained, data_cfg, split, mesh)
-                   for split in (data_cfg.train_split, data_cfg.eval_split))
-    scores = knn_classify(*train, *test, info.num_classes, mesh, ks=tuple(config.knn.ks),
-                          temperature=config.knn.temperature, query_chunk=config.knn.query_chunk)
+    train = common.stage_features(fn, variables, config, pretrained, data_cfg, data_cfg.train_split, mesh,
+                                  config.knn.train_examples)
+    test = common.stage_features(fn, variables, config, pretrained, data_cfg, data_cfg.eval_split, mesh)
+    scores = evaluator.score(train, test)
     plots.write_embedding_map(workdir, *test, title, step=pretrained.step, max_points=config.embedding_map_points,
                               class_names=data.class_names(data_cfg, data_cfg.eval_split))
     first = config.knn.ks[0]

@@ -18,13 +18,13 @@ import ml_collections
 import numpy as np
 import optax
 from jax import lax
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
 
 from sslx import data, metrics, parallel, paths, plots
 from sslx import workdir as workdir_lib
 from sslx.evaluators import baselines, common, linear, subsets
 from sslx.evaluators.encoders import check_head_layer, load_pretrained
-from sslx.parallel import BATCH_AXIS
+from sslx.train import TrainState, make_step, new_state
 
 MODES = ("protocol", "fast")
 SOLVERS = ("sgd", "lbfgs")
@@ -48,26 +48,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def make_probe_step(apply: Callable, standardize: Callable, optimizer: optax.GradientTransformation,
-                    mesh: Mesh) -> Callable:
-    """`(classifier, opt_state, variables, batch) -> (classifier, opt_state, loss)` per replica over the mesh;
-    `apply(variables, images)` gives the frozen features.
+                    mesh: Mesh) -> Callable[[TrainState, dict, Any], tuple[TrainState, dict]]:
+    """`(state, batch, variables) -> (state, metrics)` of the linear classifier (state.params) on the frozen,
+    standardised features `apply(variables, images)`, data-parallel (see sslx.train.make_step).
 
-    The encoder variables are an argument, not a closure: closed-over arrays would be baked into the program.
+    The encoder variables are an input, not a closure: closed-over arrays would be baked into the program.
     """
 
-    def per_replica(classifier, opt_state, variables, batch):
+    def loss_fn(classifier: Any, state: TrainState, batch: dict, variables: Any):
+        del state
         features = standardize(lax.stop_gradient(apply(variables, batch["image"])))
+        return linear.classifier_loss(classifier, features, batch["label"]), ({}, {}, {})
 
-        def global_loss(params):
-            return lax.pmean(linear.classifier_loss(params, features, batch["label"]), BATCH_AXIS)
-
-        loss, grads = jax.value_and_grad(global_loss)(classifier)
-        updates, opt_state = optimizer.update(grads, opt_state, classifier)
-        return optax.apply_updates(classifier, updates), opt_state, loss
-
-    sharded = jax.shard_map(per_replica, mesh=mesh, in_specs=(P(), P(), P(), P(BATCH_AXIS)),
-                            out_specs=(P(), P(), P()))
-    return jax.jit(sharded, donate_argnums=(0, 1))
+    return make_step(loss_fn, optimizer, mesh, num_inputs=1)
 
 
 class LinearEval:
@@ -115,8 +108,8 @@ class LinearEval:
         cfg = self.config.linear
         optimizer = self.optimizer(base_lr, num_train)
         step_fn = make_probe_step(self.apply, self.standardize, optimizer, self.mesh)
-        classifier = parallel.replicate(linear.init_classifier(self.feature_dim(), self.num_classes), self.mesh)
-        opt_state = parallel.replicate(optimizer.init(classifier), self.mesh)
+        classifier = linear.init_classifier(self.feature_dim(), self.num_classes)
+        state = parallel.replicate(new_state(classifier, {}, optimizer), self.mesh)
         total = self.total_steps(num_train)
         batches = common.labelled_batches(self.data, self.data.train_split, indices, cfg.batch_size,
                                           self.config.seed, spec=data.crop_flip_spec(cfg.crop_area_min))
@@ -125,10 +118,10 @@ class LinearEval:
         for step in range(1, total + 1):
             batch = next(batches)
             batch = parallel.shard_batch({"image": batch["image"], "label": batch["label"]}, self.mesh)
-            classifier, opt_state, loss = step_fn(classifier, opt_state, self.variables, batch)
+            state, step_metrics = step_fn(state, batch, self.variables)
             if step % log_every == 0 or step == total:
-                metrics.log(progress.line(step, float(loss)))
-        return classifier
+                metrics.log(progress.line(step, float(step_metrics["loss"])))
+        return state.params
 
     def train_fast(self, features: np.ndarray, labels: np.ndarray, base_lr: float) -> dict[str, jax.Array]:
         cfg = self.config.linear

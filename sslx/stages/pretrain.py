@@ -1,9 +1,7 @@
 """Self-supervised pretraining: one method-agnostic loop over any registered method."""
 from __future__ import annotations
 
-import math
 import time
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -15,30 +13,14 @@ from sslx import workdir as workdir_lib
 from sslx.checkpoint import Checkpointer
 from sslx.data import device_augment
 from sslx.evaluators import baselines, periodic
-from sslx.evaluators.features import extract_features
-from sslx.evaluators.linear import linear_probe
+from sslx.evaluators.features import Encode
+from sslx.evaluators.linear import LinearProbe
 from sslx.methods import Method, build_method
 from sslx.train import TrainState, create_train_state, make_train_step
 
 
-class NonFiniteLossError(FloatingPointError):
-    pass
-
-
-def resolve_steps(config: ml_collections.ConfigDict, num_examples: int) -> tuple[int, int]:
-    """(total_steps, warmup_steps) from explicit steps or from epochs of the training split."""
-    steps_per_epoch = max(num_examples // config.batch_size, 1)
-    total = config.total_steps if config.total_steps > 0 else math.ceil(config.epochs * steps_per_epoch)
-    warmup = (config.optim.warmup_steps if config.optim.warmup_steps >= 0
-              else round(config.optim.warmup_epochs * steps_per_epoch))
-    return total, min(warmup, total)
-
-
-def check_finite(step: int, loss: float, checkpointer: Checkpointer) -> None:
-    if not math.isfinite(loss):
-        raise NonFiniteLossError(
-            f"non-finite loss ({loss}) at step {step}; stopped without saving it, {checkpointer.last_good()}. "
-            f"Lower config.optim.base_lr or use config.model.dtype='float32'.")
+# What a non-finite loss asks of the user.
+NON_FINITE_HINT = "Lower config.optim.base_lr or use config.model.dtype='float32'."
 
 
 class Pretraining:
@@ -53,9 +35,9 @@ class Pretraining:
         parallel.check_micro_batch(config.micro_batch_size, config.batch_size // self.mesh.size)
         self.train_info = data.describe(config.data, config.data.train_split)
         self.specs = data.spec_from_config(config.augment)
-        self.total_steps, warmup = resolve_steps(config, self.train_info.num_examples)
-        peak_lr = optim.peak_learning_rate(config.optim.base_lr, config.batch_size, config.optim.lr_scaling)
-        self.schedule = optim.warmup_cosine(peak_lr, warmup, self.total_steps)
+        per_epoch = optim.steps_per_epoch(self.train_info.num_examples, config.batch_size)
+        self.total_steps = optim.run_steps(config.total_steps, config.epochs, per_epoch)
+        self.schedule = optim.schedule_from_config(config.optim, config.batch_size, self.total_steps, per_epoch)
         self.optimizer = optim.make_optimizer(config.optim, self.schedule)
         self.method: Method = build_method(config, self.train_info.num_classes, self.total_steps)
         self.method.network(None)  # builds encoder/head: an unknown model name fails here
@@ -71,6 +53,10 @@ class Pretraining:
         state = jax.jit(create_train_state, static_argnums=(0, 1))(
             self.method, self.optimizer, self.init_rng, sample)
         return parallel.replicate(state, self.mesh)
+
+    def encoder(self, state: TrainState) -> Encode:
+        """The encoder of `state` in eval mode, as the evaluators take it."""
+        return lambda images: self.method.encode(state.params, state.batch_stats, images)
 
     def feed(self, start_step: int, saved: dict) -> resume.Feed:
         """Sharded batches from where the checkpoint of `start_step` left the input (its `saved` data)."""
@@ -94,51 +80,13 @@ class Pretraining:
 def train(run: Pretraining, checkpointer: Checkpointer, writer: metrics.MetricWriter) -> tuple[TrainState, dict]:
     """Runs (or resumes) the loop to total_steps; returns the final state and last logged scalars."""
     config = run.config
-    start, state, saved = resume.restore(checkpointer, run.initial_state(), writer)
+    evaluators = periodic.build(config, run.mesh, run.train_info.num_classes)
     train_step = make_train_step(run.method, run.optimizer, run.schedule, run.mesh)
-    evaluators = periodic.build(run)
-    progress = metrics.Progress(run.total_steps, config.batch_size, first_step=start)
-    feed = run.feed(start, saved)
-    last: dict[str, float] = {}
-    pending: tuple[int, jax.Array] | None = None
-    with workdir_lib.StopSignals() as signals:
-        for step in range(start + 1, run.total_steps + 1):
-            batch = run.device_views(next(feed), step)
-            state, step_metrics = train_step(state, batch, run.step_rng)
-            # Checking the previous step's loss keeps one step in flight while still naming the exact step.
-            if pending is not None:
-                check_finite(pending[0], float(pending[1]), checkpointer)
-            pending = (step, step_metrics["loss"])
-            if step % config.log_every_steps == 0 or step == run.total_steps:
-                last = metrics.to_python(step_metrics)
-                check_finite(step, last["loss"], checkpointer)
-                writer.write(step, last)
-                metrics.log(progress.line(step, last["loss"]))
-            if evaluators and step % config.eval.every_steps == 0:
-                writer.write(step, periodic.run_all(evaluators, state))
-            if step % config.checkpoint_every_steps == 0 or step == run.total_steps:
-                check_finite(step, float(step_metrics["loss"]), checkpointer)
-                checkpointer.save(step, state, force=step == run.total_steps, data=feed.checkpoint_data())
-            resume.stop_here(signals, checkpointer, step, state, feed)
-    last["skipped_records"] = feed.skipped_records
-    return state, last
-
-
-def probe_accuracy(run: Pretraining, encode: Callable[[jax.Array], jax.Array]) -> dict[str, float]:
-    """Fast linear probe of `encode` (images -> features): fit on train-split features, report on the eval split."""
-    config = run.config
-    local_batch = parallel.round_up(config.eval.batch_size, run.mesh.size) // jax.process_count()
-
-    def split_features(split: str, max_examples: int):
-        batches = data.eval_iterator(config.data, split, local_batch=local_batch,
-                                     image_size=config.data.image_size, max_examples=max_examples,
-                                     process_index=jax.process_index(), process_count=jax.process_count())
-        return extract_features(encode, batches, run.mesh)
-
-    train_x, train_y = split_features(config.data.train_split, config.eval.probe_train_examples)
-    test_x, test_y = split_features(config.data.eval_split, -1)
-    return linear_probe(train_x, train_y, test_x, test_y, run.train_info.num_classes,
-                        l2=config.eval.probe_l2, steps=config.eval.probe_steps)
+    return resume.train_loop(
+        run.initial_state(), lambda state, batch, step: train_step(state, run.device_views(batch, step), run.step_rng),
+        run.feed, checkpointer, writer, config, total_steps=run.total_steps, hint=NON_FINITE_HINT,
+        evaluate=lambda state: periodic.run_all(evaluators, run.encoder(state)),
+        evaluate_every=config.eval.every_steps if evaluators else 0)
 
 
 def evaluate(run: Pretraining, state: TrainState) -> dict[str, float]:
@@ -147,14 +95,15 @@ def evaluate(run: Pretraining, state: TrainState) -> dict[str, float]:
     if not (run.config.eval.linear_probe and run.train_info.num_classes > 0):
         return {}
     start = time.perf_counter()
-    encoders = {"": lambda images: run.method.encode(state.params, state.batch_stats, images),
+    encoders = {"": run.encoder(state),
                 "random_init_": baselines.random_init_encode(run.config.model, run.config.data.image_size,
                                                              run.init_rng)}
     if run.config.eval.pixel_probe_size > 0:
         encoders["pixels_"] = baselines.pixels_encode(run.config.eval.pixel_probe_size)
+    probe = LinearProbe(run.config.eval, run.config.data, run.mesh, run.train_info.num_classes)
     results = {}
     for prefix, encode in encoders.items():
-        top = probe_accuracy(run, encode)
+        top = probe.run(encode)
         results.update({f"{prefix}linear_probe_top1": top["top1"], f"{prefix}linear_probe_top5": top["top5"]})
     compared = ", ".join(f"{name}: {results[f'{prefix}linear_probe_top1']:.4f}" for prefix, name in
                           (("random_init_", "random-init encoder"), ("pixels_", "raw pixels")) if prefix in encoders)
@@ -174,20 +123,18 @@ def run_pretraining(config: ml_collections.ConfigDict, workdir: str) -> dict:
             return finished
         metrics.log(f"pretraining {config.method} {config.model.name} on {config.data.name}: "
                     f"{run.total_steps} steps at global batch {config.batch_size} on {run.mesh.size} devices")
-        checkpointer = Checkpointer(run.workdir, keep=config.keep_checkpoints,
-                                    every_steps=config.checkpoint_every_steps)
-        writer = metrics.MetricWriter(run.workdir)
-        plots.write_augmentation_preview(config, run.workdir, writer)
-        start = time.perf_counter()
-        try:
-            state, last = train(run, checkpointer, writer)
-        finally:
-            checkpointer.close()
-            writer.close()
+        started = {}
+
+        def preview_then_train(checkpointer: Checkpointer, writer: metrics.MetricWriter):
+            plots.write_augmentation_preview(config, run.workdir, writer)
+            started["train"] = time.perf_counter()   # train_seconds leave the preview out
+            return train(run, checkpointer, writer)
+
+        state, last = resume.train_with_sinks(run.workdir, config, preview_then_train)
         results = {"stage": "pretrain", "method": config.method, "model": config.model.name,
                    "dataset": config.data.name, "step": int(jax.device_get(state.step)),
                    "total_steps": run.total_steps, "batch_size": config.batch_size,
-                   "train_seconds": round(time.perf_counter() - start, 1), **last}
+                   "train_seconds": round(time.perf_counter() - started["train"], 1), **last}
         evaluation = evaluate(run, state)
         results.update(evaluation)
         metrics.write_once(run.workdir, results["step"], evaluation)  # the probe beside the curves (jsonl and TB)

@@ -1,6 +1,6 @@
 """Fast vs protocol linear evaluation of one checkpoint: wall time from checkpoint to top-1, and the gap.
 
-    python -m sslx.evaluators.bench --pretrained PRETRAIN_WORKDIR [--epochs 90] [--batch 512] [--lr 0.1]
+    python -m sslx.linear_eval_bench --pretrained PRETRAIN_WORKDIR [--epochs 90] [--batch 512] [--lr 0.1]
         [--crop-area-min 0.08]
 
 Both modes run `sslx.stages.linear_eval` with the same optimizer, batch, learning rate and epochs; the fast
@@ -15,7 +15,7 @@ import tempfile
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m sslx.evaluators.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m sslx.linear_eval_bench", description=__doc__.split("\n")[0])
     parser.add_argument("--pretrained", required=True, help="pretraining workdir")
     parser.add_argument("--step", type=int, default=-1)
     parser.add_argument("--epochs", type=int, default=90)

@@ -13,8 +13,9 @@ import optax
 import pytest
 
 from sslx import parallel
-from sslx.config import base_config, crop
+from sslx.config import base_config, crop, eval_config
 from sslx.methods import build_method
+from sslx.stages import knn
 from sslx.train import create_train_state, make_train_step
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -180,8 +181,12 @@ SWAV = ["--config.augment.crops[0].size=8", "--config.augment.crops[1].size=4", 
                                   "--config.swav.queue_start_epoch=0"]),
 ])
 def test_dino_and_swav_pretrain_from_the_cli(tmp_path, recipe, encoder, overrides):
-    results = pretrain_cli(tmp_path, recipe, *overrides)
+    results = pretrain_cli(tmp_path / "pretrain", recipe, *overrides)
     assert results["method"] == recipe.split("_")[0] and results["model"] == encoder and results["step"] == 2
     assert np.isfinite(results["loss"])
     if "linear_probe_top1" in results:
         assert 0.0 <= results["linear_probe_top1"] <= 1.0
+    # The evaluation stages read the encoder of a workdir whose head is the method's own.
+    config = eval_config()
+    config.pretrained, config.eval_batch_size, config.embedding_map_points = str(tmp_path / "pretrain"), 304, 0
+    assert 0.0 < knn.run_knn(config, str(tmp_path / "knn"))["top1"] <= 1.0

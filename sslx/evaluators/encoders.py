@@ -62,7 +62,13 @@ def load_pretrained(workdir: str, step: int | None, mesh: Mesh) -> Pretrained:
     size = config.data.image_size
     network = EncoderWithHead(build_encoder(config.model, None), build_head(config, None))
     shapes = jax.eval_shape(lambda: network.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
-    step, restored = restore_variables(workdir, shapes, step, mesh)
+    try:
+        step, restored = restore_variables(workdir, shapes, step, mesh)
+    except ValueError:
+        # A method with a head of its own (DINO's, SwAV's prototypes) saved no config.head projection head: its
+        # encoder is what is evaluated. An encoder of another shape fails again here, naming the key.
+        encoder_only = {name: {"encoder": tree["encoder"]} for name, tree in shapes.items() if "encoder" in tree}
+        step, restored = restore_variables(workdir, encoder_only, step, mesh)
     return Pretrained(paths.absolute(workdir), config, step, restored["params"], restored.get("batch_stats", {}))
 
 
@@ -92,6 +98,9 @@ def embed(config: ml_collections.ConfigDict, variables: dict[str, Any], images: 
 
     `config` is the pretraining config, `variables` {'params', 'batch_stats'} as in `Pretrained.variables`.
     """
+    if head_layer and "head" not in variables["params"]:
+        raise ValueError(f"head_layer={head_layer}: the {config.method} workdir has no projection head "
+                         f"(config.head) to read features from; use head_layer=0, the encoder's features")
     if head_layer == 0:
         return build_encoder(config.model, None).apply(
             network_variables(variables["params"], variables.get("batch_stats"), "encoder"), images, train=False)

@@ -123,7 +123,7 @@ def plain_flax_step_seconds(config, batch: dict, steps: int) -> tuple[float, flo
         (z, _), head_updates = head.apply(variables["head"], features, train=True, mutable=["batch_stats"])
         return z, {"encoder": enc_updates, "head": head_updates}
 
-    images = jnp.concatenate([batch["view1"], batch["view2"]])
+    images = jnp.concatenate(batch["views"])
     rng = jax.random.key(0)
     enc_vars = encoder.init(rng, images[:2], train=True)
     head_vars = head.init(rng, jnp.zeros((2, encoder.apply(enc_vars, images[:2], train=False).shape[-1])),
@@ -134,7 +134,7 @@ def plain_flax_step_seconds(config, batch: dict, steps: int) -> tuple[float, flo
     params = {k: v["params"] for k, v in variables.items()}
     stats = {k: v["batch_stats"] for k, v in variables.items()}
     state = (params, stats, optimizer.init(params))
-    n = batch["view1"].shape[0]
+    n = batch["views"][0].shape[0]
 
     @jax.jit
     def step(state, images):
@@ -178,8 +178,7 @@ def sslx_step_seconds(config, batch: dict, num_devices: int, steps: int) -> tupl
 def synthetic_batch(global_batch: int, size: int) -> dict:
     import numpy as np
     rng = np.random.default_rng(0)
-    return {"view1": rng.uniform(size=(global_batch, size, size, 3)).astype(np.float32),
-            "view2": rng.uniform(size=(global_batch, size, size, 3)).astype(np.float32),
+    return {"views": tuple(rng.uniform(size=(global_batch, size, size, 3)).astype(np.float32) for _ in range(2)),
             "label": rng.integers(0, 10, size=(global_batch,)).astype(np.int32)}
 
 

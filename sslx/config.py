@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import pathlib
+from typing import Any
 
 import ml_collections
 
@@ -72,6 +73,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.augment.preset = "cifar"    # cifar | imagenet | none; any AugmentSpec field overrides it
     c.augment.on_device = False   # True: the host only decodes; views are made on the devices (device_augment)
     c.augment.host_size = 0       # on_device, variable-size images: host square side (0: image_size * 8 / 7)
+    # Multi-crop (DINO, SwAV): a tuple of entries {count, size, AugmentSpec fields...}, each adding `count` views of
+    # `size` px with those settings over the shared ones, the global crops first (see crop()); () gives the
+    # two views of data.image_size that view1/view2 adjust. Override one entry with --config.augment.crops[1].count=8.
+    c.augment.crops = ()
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "resnet18"
@@ -110,6 +115,32 @@ def base_config() -> ml_collections.ConfigDict:
     c.moco.momentum = 0.999       # key-encoder EMA rate (v2 constant; v3 its start, raised to 1 by a cosine)
     c.moco.queue_size = 65536     # v2: negatives kept; a multiple of batch_size
     c.moco.shuffle_bn = False     # v2: shuffle the key batch across replicas (needs model.bn='replica')
+
+    # DINO and SwAV's defaults are their reference code's (facebookresearch/dino main_dino.py, facebookresearch/swav
+    # main_swav.py); they live here with every other method's until methods own their config sections.
+    c.dino = ml_collections.ConfigDict()
+    c.dino.out_dim = 65536        # K, the last layer's outputs
+    c.dino.hidden_dim = 2048      # the head's MLP width
+    c.dino.bottleneck_dim = 256   # l2-normalised before the weight-normalised last layer
+    c.dino.use_bn_in_head = False
+    c.dino.norm_last_layer = True  # the last layer's weight norm stays 1; False learns it (ViT-S recipes)
+    c.dino.momentum_teacher = 0.996   # teacher EMA rate at step 0, raised to 1 by a cosine
+    c.dino.student_temperature = 0.1
+    c.dino.teacher_temperature = 0.04
+    c.dino.warmup_teacher_temperature = 0.04   # the teacher's temperature rises linearly from this ...
+    c.dino.warmup_teacher_temperature_epochs = 0   # ... over these epochs (per epoch, as the reference)
+    c.dino.center_momentum = 0.9
+    c.dino.freeze_last_layer_epochs = 1.0   # the last layer is not updated in these first epochs
+
+    c.swav = ml_collections.ConfigDict()
+    c.swav.num_prototypes = 3000
+    c.swav.temperature = 0.1
+    c.swav.epsilon = 0.05         # Sinkhorn-Knopp's entropic regularisation
+    c.swav.sinkhorn_iterations = 3
+    c.swav.queue_length = 0       # > 0: features of earlier batches join the assignment (small batches); global
+                                  # size, a multiple of batch_size
+    c.swav.queue_start_epoch = 15.0   # the queue fills from this epoch and joins once full
+    c.swav.freeze_prototypes_epochs = 1.0   # the prototypes are not updated in these first epochs
 
     c.barlow_twins = ml_collections.ConfigDict()
     c.barlow_twins.lambda_offdiag = 5e-3
@@ -285,6 +316,50 @@ def use_byol_views(augment: ml_collections.ConfigDict) -> None:
     augment.grayscale_prob = 0.2
     augment.view1 = ml_collections.ConfigDict({"blur_prob": 1.0, "solarize_prob": 0.0})
     augment.view2 = ml_collections.ConfigDict({"blur_prob": 0.1, "solarize_prob": 0.2})
+
+
+# Keys of a config.augment.crops entry besides AugmentSpec fields: how many views it makes, and their side.
+CROP_KEYS = ("count", "size")
+
+
+def crop_entries(crops: Any) -> list[dict]:
+    """config.augment.crops as plain dicts, each with a positive integer count and size."""
+    entries = [dict(c.to_dict() if hasattr(c, "to_dict") else c) for c in crops]
+    for i, entry in enumerate(entries):
+        for key in CROP_KEYS:
+            value = entry.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"config.augment.crops[{i}].{key}={value!r} must be a positive integer (each crop "
+                                 f"entry needs count, the views it makes, and size, their side in pixels).")
+    return entries
+
+
+def view_sizes(augment: Any, image_size: int) -> tuple[int, ...]:
+    """Each view's side in pixels, in the order of sslx.data.spec_from_config's specs: `image_size` for the two
+    default views, each config.augment.crops entry's `size`, `count` times."""
+    crops = augment.get("crops") or ()
+    if not crops:
+        return (image_size, image_size)
+    return tuple(entry["size"] for entry in crop_entries(crops) for _ in range(entry["count"]))
+
+
+def crop(count: int, size: int, area: tuple[float, float], **fields) -> ml_collections.ConfigDict:
+    """One config.augment.crops entry: `count` views of `size` px cropped from `area` (min, max) of the image, with
+    other AugmentSpec `fields` (blur_prob, solarize_prob, ...) over the shared settings."""
+    return ml_collections.ConfigDict({"count": count, "size": size, "crop_area_min": area[0],
+                                      "crop_area_max": area[1], **fields})
+
+
+def use_dino_crops(augment: ml_collections.ConfigDict, global_size: int, global_area: tuple[float, float],
+                   local_count: int, local_size: int, local_area: tuple[float, float]) -> None:
+    """DINO's multi-crop (Caron et al. 2021, DataAugmentationDINO): BYOL's colour jitter on every crop; the first
+    global crop always blurred, the second blurred with p 0.1 and solarized with p 0.2; the local crops blurred
+    with p 0.5."""
+    augment.brightness, augment.contrast, augment.saturation, augment.hue = 0.4, 0.4, 0.2, 0.1
+    augment.jitter_prob, augment.grayscale_prob = 0.8, 0.2
+    augment.crops = (crop(1, global_size, global_area, blur_prob=1.0),
+                     crop(1, global_size, global_area, blur_prob=0.1, solarize_prob=0.2),
+                     crop(local_count, local_size, local_area, blur_prob=0.5))
 
 
 def _choice(value, choices, key):

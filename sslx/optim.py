@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -97,21 +97,39 @@ def scale_by_held_peak(schedule: optax.Schedule) -> optax.GradientTransformation
     return optax.GradientTransformation(init, update)
 
 
-def make_optimizer(optim_cfg: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
+def make_optimizer(optim_cfg: Any, schedule: optax.Schedule,
+                   frozen: Mapping[str, int] | None = None) -> optax.GradientTransformation:
     """The optimizer named by `optim_cfg.name` around a learning-rate schedule.
 
     Top-level parameter groups named in `optim_cfg.constant_lr_modules` keep the peak rate after
     warm-up (SimSiam's predictor, sec. 4.2); the same rule (LARS/SGD/AdamW) runs with learning rate 1
     and is then scaled, as PyTorch SGD scales its momentum buffer by the rate.
+
+    `frozen` maps parameter paths ('head/last_layer') to a number of steps during which those parameters stay
+    unchanged and gather no optimizer state (DINO's last layer and SwAV's prototypes in the first epoch): their
+    own copy of the rule starts afterwards from a fresh state at the schedule's rate of that step, as a PyTorch
+    optimizer does for parameters whose gradients the reference code set to None.
     """
     scheduled = _base_optimizer(optim_cfg, schedule)
-    held = tuple(optim_cfg.constant_lr_modules)
-    if not held:
+    held, frozen = tuple(optim_cfg.constant_lr_modules), dict(frozen or {})
+    if not held and not frozen:
         return scheduled
-    constant = optax.chain(_base_optimizer(optim_cfg, 1.0), scale_by_held_peak(schedule))
-    labels = lambda params: {k: jax.tree.map(lambda _: "constant" if k in held else "scheduled", v)  # noqa: E731
-                             for k, v in params.items()}
-    return optax.multi_transform({"scheduled": scheduled, "constant": constant}, labels)
+    transforms = {"scheduled": scheduled}
+    if held:
+        transforms["constant"] = optax.chain(_base_optimizer(optim_cfg, 1.0), scale_by_held_peak(schedule))
+    for prefix, steps in frozen.items():
+        transforms[f"frozen:{prefix}"] = optax.transforms.conditionally_mask(
+            _base_optimizer(optim_cfg, lambda count, steps=steps: schedule(count + steps)),
+            lambda count, steps=steps: count >= steps)
+
+    def label(path, _):
+        name = "/".join(str(getattr(key, "key", key)) for key in path)
+        prefix = next((p for p in frozen if name == p or name.startswith(p + "/")), None)
+        if prefix is not None:
+            return f"frozen:{prefix}"
+        return "constant" if name.split("/")[0] in held else "scheduled"
+
+    return optax.multi_transform(transforms, lambda params: jax.tree_util.tree_map_with_path(label, params))
 
 
 def _base_optimizer(optim_cfg: Any, schedule: optax.ScalarOrSchedule) -> optax.GradientTransformation:

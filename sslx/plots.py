@@ -67,7 +67,8 @@ def write_png(figure: Figure, path: paths.PathLike) -> FigureCanvasAgg:
 # --- augmentation preview -------------------------------------------------------------------------------------
 
 def augmentation_preview(config: Any, num_images: int = 8, seed: int = 0) -> Figure:
-    """The first `num_images` of a shuffled training batch and the two views pretraining makes of each.
+    """The first `num_images` of a shuffled training batch and the views pretraining makes of each (two, or every
+    crop of config.augment.crops).
 
     Views come from the run's own augmentation (config.augment, drawn with the tf.data implementation, which
     config.augment.on_device mirrors on the accelerator) on the decoded batch. Variable-size images are
@@ -78,17 +79,20 @@ def augmentation_preview(config: Any, num_images: int = 8, seed: int = 0) -> Fig
     import tensorflow as tf
 
     from sslx import data
+    from sslx.config import view_sizes
     data_cfg = ml_collections.ConfigDict(config.data.to_dict())
     data_cfg.shuffle_buffer, data_cfg.cache = 16 * num_images, False  # a sample, not a full buffer
     specs = data.spec_from_config(config.augment)
     size = config.data.image_size
+    sizes = view_sizes(config.augment, size)
     batch = next(data.pretrain_iterator(data_cfg, specs, local_batch=num_images, image_size=size, seed=seed,
                                         on_device=True, host_size=config.augment.get("host_size", 0)))
-    view1, view2 = data.two_views(tf.constant(batch["image"]), specs, tf.constant([seed, 0], tf.int64), size)
-    columns = {"image": batch["image"], "view 1": view1.numpy(), "view 2": view2.numpy()}
+    views = data.augment_views(tf.constant(batch["image"]), specs, tf.constant([seed, 0], tf.int64), sizes)
+    columns = {"image": batch["image"], **{f"view {i + 1}": view.numpy() for i, view in enumerate(views)}}
     names = data.class_names(data_cfg, data_cfg.get("train_split", "train"))
+    shown = " + ".join(f"{sizes.count(side)}x{side}" for side in dict.fromkeys(sizes))
     return image_grid(columns, batch["label"], f"{config.get('method', '')} augmentation "
-                      f"(preset {config.augment.get('preset', '')!r}), {size} px views", names)
+                      f"(preset {config.augment.get('preset', '')!r}), {shown} px views", names)
 
 
 def _label_name(label: int, class_names: Sequence[str]) -> str:

@@ -28,14 +28,14 @@ def test_seeds_decide_the_views():
     first = augment.augment_batch(images, spec, 1, 32).numpy()
     np.testing.assert_array_equal(first, augment.augment_batch(images, spec, 1, 32).numpy())
     assert not np.allclose(first, augment.augment_batch(images, spec, 2, 32).numpy())
-    view1, view2 = augment.two_views(images, (spec, spec), 1, 32)
+    view1, view2 = augment.augment_views(images, (spec, spec), 1, (32, 32))
     assert not np.allclose(view1.numpy(), view2.numpy())
 
 
 def test_eager_and_tf_data_agree():
     images, specs = _images(), (augment.cifar_spec(), BYOL_VIEW2)
-    eager = augment.two_views(images, specs, [3, 4], 32)
-    dataset = tf.data.Dataset.from_tensors(images).map(lambda x: augment.two_views(x, specs, [3, 4], 32))
+    eager = augment.augment_views(images, specs, [3, 4], (32, 32))
+    dataset = tf.data.Dataset.from_tensors(images).map(lambda x: augment.augment_views(x, specs, [3, 4], (32, 32)))
     for expected, got in zip(eager, next(iter(dataset))):
         np.testing.assert_allclose(expected.numpy(), got.numpy(), atol=1e-6)
 
@@ -201,15 +201,16 @@ def test_random_crops_decode_only_the_window_like_a_full_decode(out_size):
     specs = (augment.imagenet_spec(), dataclasses.replace(augment.imagenet_spec(), crop_area_min=0.6))
     jpeg, png = tf.io.encode_jpeg(image, quality=95), tf.io.encode_png(image)
     for seed in range(4):
-        decoded = augment.random_crops(tf.io.decode_jpeg(jpeg), specs, seed, out_size).numpy()
-        from_jpeg = augment.random_crops(jpeg, specs, seed, out_size).numpy()
+        sizes = (out_size, out_size)
+        decoded = np.stack(augment.random_crops(tf.io.decode_jpeg(jpeg), specs, seed, sizes))
+        from_jpeg = np.stack(augment.random_crops(jpeg, specs, seed, sizes))
         assert from_jpeg.shape == (2, out_size, out_size, 3) and from_jpeg.dtype == np.float32
         if out_size == 400:
             np.testing.assert_allclose(from_jpeg, decoded, atol=3 / 255)
         else:
             assert np.abs(from_jpeg - decoded).mean() < 0.02
-        np.testing.assert_allclose(augment.random_crops(png, specs, seed, out_size).numpy(),
-                                   augment.random_crops(tf.constant(image), specs, seed, out_size).numpy(), atol=1e-6)
+        np.testing.assert_allclose(np.stack(augment.random_crops(png, specs, seed, sizes)),
+                                   np.stack(augment.random_crops(tf.constant(image), specs, seed, sizes)), atol=1e-6)
 
 
 def test_truncated_blur_kernel_moves_values_by_under_one_level():

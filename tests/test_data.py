@@ -85,12 +85,13 @@ def test_pretrain_iterator_shapes_and_determinism():
     specs = data.spec_from_config({"preset": "cifar"})
     first = [next(data.pretrain_iterator(DIGITS, specs, local_batch=16, image_size=32, seed=3)) for _ in range(2)]
     batch = first[0]
-    assert batch["view1"].shape == batch["view2"].shape == (16, 32, 32, 3) and batch["label"].shape == (16,)
-    assert batch["view1"].dtype == np.float32 and 0 <= batch["view1"].min() and batch["view1"].max() <= 1
+    view1, view2 = batch["views"]
+    assert view1.shape == view2.shape == (16, 32, 32, 3) and batch["label"].shape == (16,)
+    assert view1.dtype == np.float32 and 0 <= view1.min() and view1.max() <= 1
     for key in batch:
         np.testing.assert_array_equal(first[0][key], first[1][key])
     other = next(data.pretrain_iterator(DIGITS, specs, local_batch=16, image_size=32, seed=4))
-    assert not np.array_equal(other["view1"], batch["view1"])
+    assert not np.array_equal(other["views"][0], view1)
 
 
 @pytest.mark.parametrize("cache", [False, True])
@@ -100,7 +101,7 @@ def test_pretrain_iterator_on_tfrecords(cifar10_dir, cache):
     cfg.train_split = "test"  # the smaller split keeps the cache quick to fill
     batch = next(data.pretrain_iterator(cfg, data.spec_from_config({"preset": "cifar"}), local_batch=32,
                                         image_size=32, seed=0))
-    assert batch["view1"].shape == (32, 32, 32, 3) and set(batch["label"]) <= set(range(10))
+    assert batch["views"][0].shape == (32, 32, 32, 3) and set(batch["label"]) <= set(range(10))
 
 
 @pytest.mark.parametrize("cache", [False, True])
@@ -120,8 +121,9 @@ def test_variable_size_images_are_cropped_per_image(tmp_path, cache):
     specs = data.spec_from_config({"preset": "imagenet"})
     batches = [next(data.pretrain_iterator(cfg, specs, local_batch=8, image_size=28, seed=1)) for _ in range(2)]
     batch = batches[0]
-    assert batch["view1"].shape == batch["view2"].shape == (8, 28, 28, 3)
-    assert 0 <= batch["view1"].min() and batch["view1"].max() <= 1 and not np.allclose(batch["view1"], batch["view2"])
+    view1, view2 = batch["views"]
+    assert view1.shape == view2.shape == (8, 28, 28, 3)
+    assert 0 <= view1.min() and view1.max() <= 1 and not np.allclose(view1, view2)
     for key in batch:
         np.testing.assert_array_equal(batches[0][key], batches[1][key])
     stream = data.supervised_iterator(cfg, "train", local_batch=16, image_size=20, seed=0)

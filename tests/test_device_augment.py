@@ -16,7 +16,7 @@ from test_pretrain import digits_config
 
 BYOL_VIEW2 = augment.AugmentSpec(blur_prob=0.1, solarize_prob=0.2)
 SPECS = [augment.cifar_spec(), augment.imagenet_spec(), BYOL_VIEW2]
-two_views = jax.jit(device_augment.two_views, static_argnums=(2, 3))
+augment_views = jax.jit(device_augment.augment_views, static_argnums=(2, 3))
 sample_params = jax.jit(device_augment.sample_params, static_argnums=(0, 3, 4))  # eager vmap compiles op by op
 
 
@@ -26,7 +26,7 @@ def _images(batch=16, height=32, width=32, seed=0):
 
 @pytest.mark.parametrize("spec", SPECS)
 def test_shape_dtype_and_range(spec):
-    view1, view2 = two_views(jax.random.key(0), _images(), (spec, spec), 24)
+    view1, view2 = augment_views(jax.random.key(0), _images(), (spec, spec), (24, 24))
     for view in (np.asarray(view1), np.asarray(view2)):
         assert view.shape == (16, 24, 24, 3) and view.dtype == np.float32
         assert view.min() >= 0.0 and view.max() <= 1.0
@@ -35,9 +35,9 @@ def test_shape_dtype_and_range(spec):
 
 def test_keys_decide_the_views():
     images, specs = _images(), (augment.imagenet_spec(),) * 2
-    first = np.asarray(two_views(jax.random.key(1), images, specs, 32)[0])
-    np.testing.assert_array_equal(first, two_views(jax.random.key(1), images, specs, 32)[0])
-    assert not np.allclose(first, two_views(jax.random.key(2), images, specs, 32)[0])
+    first = np.asarray(augment_views(jax.random.key(1), images, specs, (32, 32))[0])
+    np.testing.assert_array_equal(first, augment_views(jax.random.key(1), images, specs, (32, 32))[0])
+    assert not np.allclose(first, augment_views(jax.random.key(2), images, specs, (32, 32))[0])
 
 
 def test_identity_spec_returns_the_image():
@@ -85,7 +85,7 @@ def test_one_device_equals_eight_with_no_communication():
     key, views = jax.random.key(7), []
     for count in (1, 8):
         mesh = parallel.make_mesh(jax.devices()[:count])
-        make_views = device_augment.make_two_views(specs, 32, mesh)
+        make_views = device_augment.make_views(specs, (32, 32), mesh)
         sharded = parallel.shard_batch(images, mesh)
         views.append([np.asarray(v) for v in make_views(key, sharded)])
         compiled = make_views.lower(key, sharded).compile().as_text()

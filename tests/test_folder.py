@@ -82,7 +82,7 @@ def test_every_pipeline_reads_a_folder(tmp_path, sizes):
     assert (None in data.describe(cfg, "train").image_shape) == (len(sizes) > 1)
     specs = (augment.cifar_spec(), augment.cifar_spec())
     views = next(data.pretrain_iterator(cfg, specs, local_batch=8, image_size=12, seed=0))
-    assert views["view1"].shape == views["view2"].shape == (8, 12, 12, 3)
+    assert views["views"][0].shape == views["views"][1].shape == (8, 12, 12, 3)
     on_device = next(data.pretrain_iterator(cfg, specs, local_batch=8, image_size=12, seed=0, on_device=True))
     assert on_device["image"].dtype == np.uint8 and on_device["image"].shape[0] == 8
     supervised = next(data.supervised_iterator(cfg, "train", local_batch=8, image_size=12, seed=0))

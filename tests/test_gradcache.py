@@ -16,7 +16,7 @@ import pytest
 from sslx import parallel
 from sslx.config import base_config
 from sslx.losses import nt_xent
-from sslx.methods.base import Method
+from sslx.methods.base import Method, views
 from sslx.models import build_encoder
 from sslx.train import create_train_state, make_train_step
 
@@ -43,8 +43,9 @@ class TinySimCLR(Method):
         return TinyNet(axis_name)
 
     def embed(self, params, batch_stats, batch):
-        n = batch["view1"].shape[0]
-        z = self.forward(params, batch_stats, jnp.concatenate([batch["view1"], batch["view2"]]))
+        view1, view2 = views(batch)
+        n = view1.shape[0]
+        z = self.forward(params, batch_stats, jnp.concatenate([view1, view2]))
         return {"z": jnp.stack([z[0]["z"][:n], z[0]["z"][n:]], axis=1)}, z[1]
 
     def loss_from_embeddings(self, outputs, batch):
@@ -72,8 +73,7 @@ class GroupedBNSimCLR(TinySimCLR):
 
 def make_batch(examples, seed):
     rng = np.random.default_rng(seed)
-    return {"view1": rng.uniform(size=(examples, SIZE, SIZE, 3)).astype(np.float32),
-            "view2": rng.uniform(size=(examples, SIZE, SIZE, 3)).astype(np.float32)}
+    return {"views": tuple(rng.uniform(size=(examples, SIZE, SIZE, 3)).astype(np.float32) for _ in range(2))}
 
 
 def stepper(method_class, micro_batch_size, devices=DEVICES, learning_rate=1.0):

@@ -44,8 +44,7 @@ def tiny_config(method, **overrides):
 
 def batch(seed=0):
     rng = np.random.default_rng(seed)
-    return {"view1": rng.uniform(size=(GLOBAL_BATCH, SIZE, SIZE, 3)).astype(np.float32),
-            "view2": rng.uniform(size=(GLOBAL_BATCH, SIZE, SIZE, 3)).astype(np.float32),
+    return {"views": tuple(rng.uniform(size=(GLOBAL_BATCH, SIZE, SIZE, 3)).astype(np.float32) for _ in range(2)),
             "label": rng.integers(0, 10, size=(GLOBAL_BATCH,)).astype(np.int32)}
 
 
@@ -158,7 +157,7 @@ def test_queue_holds_the_last_keys_in_order(moco_run):
         # The keys of step k: the key encoder (train mode, global BN) on view 2 of the whole batch.
         out, stats = key_encoder(method)(
             {"params": before.extra["target_params"], "batch_stats": before.extra["target_batch_stats"]},
-            batch(k)["view2"])
+            batch(k)["views"][1])
         keys = out["z"] / np.linalg.norm(out["z"], axis=-1, keepdims=True)
         # Global BN: the key encoder's running statistics are those of the whole batch.
         for a, b in zip(jax.tree.leaves(stats["batch_stats"]), jax.tree.leaves(after.extra["target_batch_stats"])):

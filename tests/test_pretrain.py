@@ -78,7 +78,7 @@ def test_non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint(tmp_p
 
     def poisoned(self, batch, step):
         batch = original(self, batch, step)
-        return dict(batch, view1=batch["view1"] * np.nan) if step == 3 else batch
+        return dict(batch, views=(batch["views"][0] * np.nan, *batch["views"][1:])) if step == 3 else batch
 
     monkeypatch.setattr(pretrain.Pretraining, "device_views", poisoned)
     with pytest.raises(resume.NonFiniteLossError, match="at step 3.*last good checkpoint is step 2"):

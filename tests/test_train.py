@@ -32,8 +32,7 @@ def batch(seed=0):
     # Unlabelled rows (-1) spread unevenly over the 8 replicas (2 rows each): none, one or both of a
     # replica's rows; the online probe's loss and gradients must still be those of the global batch.
     labels[[0, 1, 2, 11]] = -1
-    return {"view1": rng.uniform(size=(GLOBAL_BATCH, SIZE, SIZE, 3)).astype(np.float32),
-            "view2": rng.uniform(size=(GLOBAL_BATCH, SIZE, SIZE, 3)).astype(np.float32),
+    return {"views": tuple(rng.uniform(size=(GLOBAL_BATCH, SIZE, SIZE, 3)).astype(np.float32) for _ in range(2)),
             "label": labels}
 
 

@@ -33,6 +33,8 @@ from typing import Any, Sequence
 
 import tensorflow as tf
 
+from sslx.config import CROP_KEYS, crop_entries
+
 GREY_WEIGHTS = (0.2989, 0.5870, 0.1140)  # ITU-R 601 luma, as tf.image.rgb_to_grayscale
 CROP_ATTEMPTS = 10  # boxes tried per example before falling back to the centre crop, as Inception's crop
 DCT_FACTORS = (1, 2, 4, 8)  # the downscaling factors libjpeg applies while decoding
@@ -101,18 +103,33 @@ PRESETS = {"cifar": cifar_spec, "imagenet": imagenet_spec, "none": identity_spec
 PIPELINE_KEYS = ("on_device", "host_size")
 
 
-def spec_from_config(cfg: Any) -> tuple[AugmentSpec, AugmentSpec]:
-    """(view1, view2) specs from `config.augment`: a preset, shared overrides, then `view1`/`view2` overrides."""
+def spec_from_config(cfg: Any) -> tuple[AugmentSpec, ...]:
+    """One spec per view from `config.augment`: a preset, shared overrides, then each view's own.
+
+    Without `crops` these are SimCLR's two views, `view1`/`view2` overriding the shared settings. With `crops`
+    (multi-crop: DINO, SwAV) each entry {count, size, AugmentSpec fields...} adds `count` views with its settings
+    over the shared ones, in the listed order (the global crops first, by convention of those methods).
+    """
     values = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
     for key in PIPELINE_KEYS:
         values.pop(key, None)
     preset = values.pop("preset", "imagenet")
     if preset not in PRESETS:
         raise ValueError(f"config.augment.preset={preset!r} is not one of {sorted(PRESETS)}.")
+    crops = values.pop("crops", None) or ()
     per_view = [values.pop("view1", None) or {}, values.pop("view2", None) or {}]
     shared = _replace(PRESETS[preset](), values, "config.augment")
-    return tuple(_replace(shared, dict(overrides), f"config.augment.view{i + 1}")
-                 for i, overrides in enumerate(per_view))
+    if not crops:
+        return tuple(_replace(shared, dict(overrides), f"config.augment.view{i + 1}")
+                     for i, overrides in enumerate(per_view))
+    if any(per_view):
+        raise ValueError("config.augment.view1/view2 set the two default views; with config.augment.crops put those "
+                         "settings in the crops' entries instead.")
+    specs = []
+    for i, crop in enumerate(crop_entries(crops)):
+        spec = _replace(shared, {k: v for k, v in crop.items() if k not in CROP_KEYS}, f"config.augment.crops[{i}]")
+        specs.extend([spec] * crop["count"])
+    return tuple(specs)
 
 
 def _replace(spec: AugmentSpec, overrides: dict, prefix: str) -> AugmentSpec:
@@ -260,38 +277,43 @@ def _is_full_frame(spec: AugmentSpec) -> bool:
         (1.0, 1.0, 1.0, 1.0, 0.0)
 
 
-def two_views(images: tf.Tensor, specs: tuple[AugmentSpec, AugmentSpec], seed: Any,
-              out_size: int) -> tuple[tf.Tensor, tf.Tensor]:
-    seed1, seed2 = tf.unstack(tf.random.experimental.stateless_split(as_seed(seed), 2))
-    return augment_batch(images, specs[0], seed1, out_size), augment_batch(images, specs[1], seed2, out_size)
+def augment_views(images: tf.Tensor, specs: Sequence[AugmentSpec], seed: Any,
+                  sizes: Sequence[int]) -> tuple[tf.Tensor, ...]:
+    """[B,H,W,3] images -> one [B,S,S,3] float32 view per spec, view v of side sizes[v] drawn from the v-th of
+    `len(specs)` seeds split from `seed` (so two views draw exactly as SimCLR's two-view pipeline always has)."""
+    seeds = tf.unstack(tf.random.experimental.stateless_split(as_seed(seed), len(specs)))
+    return tuple(augment_batch(images, spec, view_seed, size) for spec, view_seed, size in zip(specs, seeds, sizes))
 
 
-def random_crops(image: tf.Tensor, specs: Sequence[AugmentSpec], seed: Any, out_size: int) -> tf.Tensor:
-    """One image of any size -> [len(specs), S, S, 3] float32 views in [0, 1]: each spec's random resized crop,
-    flipped with its flip_prob; the rest of each view's augmentation then runs per batch (`after_crop`).
+def random_crops(image: tf.Tensor, specs: Sequence[AugmentSpec], seed: Any,
+                 sizes: Sequence[int]) -> tuple[tf.Tensor, ...]:
+    """One image of any size -> a float32 view [S,S,3] in [0, 1] per spec, of side sizes[v]: each spec's random
+    resized crop, flipped with its flip_prob; the rest of each view's augmentation then runs per batch
+    (`after_crop`).
 
     `image` is uint8 [H,W,3] or its encoded bytes. JPEG bytes are decoded once for all the views and only within
-    the window holding their crops (tf.io.decode_and_crop_jpeg); where every crop is at least 2, 4 or 8 times the
-    output side, libjpeg also shrinks by that factor as it decodes (DCT-domain scaling), and the crops' edges round
+    the window holding their crops (tf.io.decode_and_crop_jpeg); where every crop is at least 2, 4 or 8 times its
+    view's side, libjpeg also shrinks by that factor as it decodes (DCT-domain scaling), and the crops' edges round
     outwards to the shrunk pixel grid. Other formats are decoded whole.
     """
     seeds = tf.unstack(tf.random.experimental.stateless_split(as_seed(seed), len(specs)))
     if image.dtype != tf.string:
         boxes, flips = crop_boxes(specs, seeds, tf.shape(image)[0], tf.shape(image)[1])
-        return _resize_crops(image, boxes, flips, out_size)
+        return _resize_crops(image, boxes, flips, sizes)
 
     def jpeg():
         shape = tf.io.extract_jpeg_shape(image)
         boxes, flips = crop_boxes(specs, seeds, shape[0], shape[1])
-        smallest = tf.reduce_min(boxes[:, 2:])
-        shrink = tf.reduce_sum(tf.cast(smallest >= [f * out_size for f in DCT_FACTORS[1:]], tf.int32))
-        return tf.switch_case(shrink, [functools.partial(_decode_crops, image, shape, boxes, flips, out_size, factor)
+        sides = tf.reduce_min(boxes[:, 2:], axis=1)
+        shrink = tf.reduce_sum([tf.cast(tf.reduce_all(sides >= [f * size for size in sizes]), tf.int32)
+                                for f in DCT_FACTORS[1:]])
+        return tf.switch_case(shrink, [functools.partial(_decode_crops, image, shape, boxes, flips, sizes, factor)
                                        for factor in DCT_FACTORS])
 
     def other():
         decoded = tf.io.decode_image(image, channels=3, expand_animations=False)
         boxes, flips = crop_boxes(specs, seeds, tf.shape(decoded)[0], tf.shape(decoded)[1])
-        return _resize_crops(decoded, boxes, flips, out_size)
+        return _resize_crops(decoded, boxes, flips, sizes)
 
     return tf.cond(tf.io.is_jpeg(image), jpeg, other)
 
@@ -307,8 +329,8 @@ def crop_boxes(specs: Sequence[AugmentSpec], seeds: Sequence[tf.Tensor], height,
     return tf.stack(boxes), flips
 
 
-def _decode_crops(encoded: tf.Tensor, shape: tf.Tensor, boxes: tf.Tensor, flips: list, out_size: int,
-                  factor: int) -> tf.Tensor:
+def _decode_crops(encoded: tf.Tensor, shape: tf.Tensor, boxes: tf.Tensor, flips: list, sizes: Sequence[int],
+                  factor: int) -> tuple[tf.Tensor, ...]:
     """Decodes the window around `boxes` at 1/factor scale (libjpeg's output side there is ceil(side / factor))
     and resizes each box from it."""
     scaled = -(-shape[:2] // factor)
@@ -317,19 +339,19 @@ def _decode_crops(encoded: tf.Tensor, shape: tf.Tensor, boxes: tf.Tensor, flips:
     corner = tf.reduce_min(starts, axis=0)
     window = tf.concat([corner, tf.reduce_max(ends, axis=0) - corner], axis=0)
     decoded = tf.io.decode_and_crop_jpeg(encoded, window, channels=3, ratio=factor)
-    return _resize_crops(decoded, tf.concat([starts - corner, ends - starts], axis=1), flips, out_size)
+    return _resize_crops(decoded, tf.concat([starts - corner, ends - starts], axis=1), flips, sizes)
 
 
-def _resize_crops(image: tf.Tensor, boxes: tf.Tensor, flips: list, out_size: int) -> tf.Tensor:
-    """Each box of `image`, flipped where `flips` says, resized bilinearly with the output's corners on the centres
-    of the box's corner pixels, as `_crop_and_flip`; uint8 input is scaled to [0, 1]."""
+def _resize_crops(image: tf.Tensor, boxes: tf.Tensor, flips: list, sizes: Sequence[int]) -> tuple[tf.Tensor, ...]:
+    """Each box of `image`, flipped where `flips` says, resized bilinearly to its view's side with the output's
+    corners on the centres of the box's corner pixels, as `_crop_and_flip`; uint8 input is scaled to [0, 1]."""
     views = []
-    for box, flip in zip(tf.unstack(boxes), flips):
+    for box, flip, size in zip(tf.unstack(boxes), flips, sizes):
         crop = image[box[0]:box[0] + box[2], box[1]:box[1] + box[3]]
         crop = tf.cond(flip, lambda c=crop: tf.reverse(c, [1]), lambda c=crop: c)
-        views.append(tf.raw_ops.ResizeBilinear(images=crop[None], size=[out_size, out_size], align_corners=True)[0])
-    views = tf.stack(views)
-    return views * (1 / 255) if image.dtype == tf.uint8 else views
+        view = tf.raw_ops.ResizeBilinear(images=crop[None], size=[size, size], align_corners=True)[0]
+        views.append(view * (1 / 255) if image.dtype == tf.uint8 else view)
+    return tuple(views)
 
 
 def after_crop(spec: AugmentSpec) -> AugmentSpec:

@@ -57,16 +57,17 @@ def pipeline_views_per_second(data_cfg, image_size: int, local_batch: int, *, se
 
 def device_views_per_second(input_shape: tuple[int, int], image_size: int, batch: int, *, seconds: float = 10.0,
                             preset: str | None = None) -> dict:
-    """Views/s of the jitted on-device augmentation (device_augment.two_views) on JAX's default backend, for
+    """Views/s of the jitted on-device augmentation (device_augment.augment_views) on JAX's default backend, for
     uint8 inputs of `input_shape` (what the on_device host pipeline ships); CPU seconds matter on the CPU backend."""
     preset = preset or _default_preset(image_size)
     specs = (augment.PRESETS[preset](),) * 2
     images = jax.device_put(np.random.default_rng(0).integers(0, 256, (batch, *input_shape, 3), np.uint8))
-    two_views = jax.jit(device_augment.two_views, static_argnums=(2, 3))
-    jax.block_until_ready(two_views(jax.random.key(0), images, specs, image_size))  # compile
+    two_views = jax.jit(device_augment.augment_views, static_argnums=(2, 3))
+    sizes = (image_size, image_size)
+    jax.block_until_ready(two_views(jax.random.key(0), images, specs, sizes))  # compile
     count, start, cpu_start = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
-        jax.block_until_ready(two_views(jax.random.key(count), images, specs, image_size))
+        jax.block_until_ready(two_views(jax.random.key(count), images, specs, sizes))
         count += 2 * batch
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     return {"mode": "device augmentation", "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,

@@ -11,14 +11,14 @@ accelerator these ops are a few elementwise passes and gathers per view. The hos
 one uint8 image per example instead of two float32 views: 8x fewer host-to-device bytes at
 equal size (4x from the dtype, 2x from the views).
 
-Every op is per example, and example i of the global batch draws from fold_in(key, i): under `make_two_views`
+Every op is per example, and example i of the global batch draws from fold_in(key, i): under `make_views`
 (a shard_map over the batch axis) each device augments its own rows with no communication, and the views do not
 depend on the number of devices.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -97,20 +97,23 @@ def augment_batch(key: jax.Array, images: jax.Array, spec: AugmentSpec, out_size
     return apply_params(images, spec, sample_params(spec, key, indices, images.shape[1], images.shape[2]), out_size)
 
 
-def two_views(key: jax.Array, images: jax.Array, specs: tuple[AugmentSpec, AugmentSpec], out_size: int,
-              first_index: int | jax.Array = 0) -> tuple[jax.Array, jax.Array]:
-    """[B,H,W,3] uint8 images -> two [B,S,S,3] float32 views in [0, 1]; jit with specs and out_size static."""
-    key1, key2 = jax.random.split(key)
-    return (augment_batch(key1, images, specs[0], out_size, first_index),
-            augment_batch(key2, images, specs[1], out_size, first_index))
+def augment_views(key: jax.Array, images: jax.Array, specs: Sequence[AugmentSpec], sizes: Sequence[int],
+                  first_index: int | jax.Array = 0) -> tuple[jax.Array, ...]:
+    """[B,H,W,3] uint8 images -> one [B,S,S,3] float32 view in [0, 1] per spec, view v of side sizes[v] drawn from
+    the v-th of `len(specs)` keys split from `key`; jit with specs and sizes static."""
+    keys = jax.random.split(key, len(specs))
+    return tuple(augment_batch(view_key, images, spec, size, first_index)
+                 for view_key, spec, size in zip(keys, specs, sizes))
 
 
-def make_two_views(specs: tuple[AugmentSpec, AugmentSpec], out_size: int,
-                   mesh: Mesh) -> Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
-    """A jitted (key, batch-sharded uint8 images) -> (view1, view2), each device augmenting its own rows."""
+def make_views(specs: Sequence[AugmentSpec], sizes: Sequence[int],
+               mesh: Mesh) -> Callable[[jax.Array, jax.Array], tuple[jax.Array, ...]]:
+    """A jitted (key, batch-sharded uint8 images) -> views, each device augmenting its own rows."""
+    specs, sizes = tuple(specs), tuple(sizes)
+
     def local(key, images):
         first_index = jax.lax.axis_index(BATCH_AXIS) * images.shape[0]
-        return two_views(key, images, specs, out_size, first_index)
+        return augment_views(key, images, specs, sizes, first_index)
 
     return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P(BATCH_AXIS)), out_specs=P(BATCH_AXIS)))
 

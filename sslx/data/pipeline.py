@@ -1,4 +1,4 @@
-"""Ready-to-feed numpy iterators per process: two-view pretraining, padded evaluation, supervised fine-tuning.
+"""Ready-to-feed numpy iterators per process: multi-view pretraining, padded evaluation, supervised fine-tuning.
 
 Fixed-size data (CIFAR, STL-10, digits, most TFRecords) is batched before decoding so decode and augmentation run
 once per batch; variable-size data (ImageNet) is cropped per image first, then augmented as a batch.
@@ -27,20 +27,22 @@ START: Position = (0, 0)
 _POSITION_KEYS = ("_epoch", "_index")
 
 
-def pretrain_iterator(data_cfg, specs: tuple[augment.AugmentSpec, augment.AugmentSpec], *, local_batch: int,
-                      image_size: int, seed: int, process_index: int = 0, process_count: int = 1,
+def pretrain_iterator(data_cfg, specs: Sequence[augment.AugmentSpec], *, local_batch: int, image_size: int,
+                      seed: int, sizes: Sequence[int] = (), process_index: int = 0, process_count: int = 1,
                       on_device: bool = False, host_size: int = 0, start: Position = START,
                       first_batch: int = 0) -> "InputStream":
-    """Endless shuffled batches {'view1', 'view2': float32 [B,S,S,3] in [0, 1], 'label': int32 [B]}.
+    """Endless shuffled batches {'views': one float32 [B,S,S,3] in [0, 1] per spec, 'label': int32 [B]}.
 
-    The batches are a pure function of (seed, start, first_batch): `start` is an `InputStream.position` saved with a
-    checkpoint and `first_batch` the number of batches trained on, which seeds the augmentation of each batch.
+    View v has side sizes[v] (default: every view `image_size`), as `augment.view_sizes` lists them for a config's
+    crops. The batches are a pure function of (seed, start, first_batch): `start` is an `InputStream.position` saved
+    with a checkpoint and `first_batch` the number of batches trained on, which seeds the augmentation of each batch.
 
     With `on_device` the views are left to sslx.data.device_augment and batches are {'image': uint8, 'label'}:
     fixed-size images as decoded, variable-size ones as a random square of their shorter side resized to
     `host_size` (0: image_size * 8 / 7, 256 for 224). The device's random resized crop then samples within that
     square, so unlike the host path it never spans the long side of a non-square image.
     """
+    sizes = tuple(sizes) or (image_size,) * len(specs)
     source = sources.load_split(data_cfg, data_cfg.get("train_split", "train"),
                                 process_index=process_index, process_count=process_count)
     seed = _process_seed(seed, process_index)
@@ -51,8 +53,8 @@ def pretrain_iterator(data_cfg, specs: tuple[augment.AugmentSpec, augment.Augmen
         return InputStream(_device_inputs(examples, source, local_batch, seed, host_size), start, locate)
 
     def views(batch, batch_seed):
-        view1, view2 = augment.two_views(batch["image"], specs, batch_seed, image_size)
-        return {"view1": view1, "view2": view2, "label": batch["label"], **_positions(batch)}
+        return {"views": augment.augment_views(batch["image"], specs, batch_seed, sizes), "label": batch["label"],
+                **_positions(batch)}
 
     if _fixed_size(source):
         batches = _examples(source.records, source.decode, data_cfg, seed, start).batch(local_batch,
@@ -65,12 +67,12 @@ def pretrain_iterator(data_cfg, specs: tuple[augment.AugmentSpec, augment.Augmen
 
     def crops(example):
         return {**example, "image": augment.random_crops(example["image"], specs, _record_seed(seed, example),
-                                                         image_size)}
+                                                         sizes)}
 
     def rest(batch, batch_seed):
-        seed1, seed2 = tf.unstack(tf.random.experimental.stateless_split(batch_seed, 2))
-        return {"view1": augment.augment_batch(batch["image"][:, 0], cropped[0], seed1, image_size),
-                "view2": augment.augment_batch(batch["image"][:, 1], cropped[1], seed2, image_size),
+        seeds = tf.unstack(tf.random.experimental.stateless_split(batch_seed, len(specs)))
+        return {"views": tuple(augment.augment_batch(crop, spec, view_seed, size) for crop, spec, view_seed, size
+                               in zip(batch["image"], cropped, seeds, sizes)),
                 "label": batch["label"], **_positions(batch)}
 
     examples = _examples(source.records, _reader(source, data_cfg), data_cfg, seed, start, then=crops)
@@ -156,7 +158,7 @@ def supervised_iterator(data_cfg, split: str, *, local_batch: int, image_size: i
         examples, batch_spec = _examples(source.records, source.decode, data_cfg, seed, start), spec
     else:
         def one(example):
-            image = augment.random_crops(example["image"], [spec], _record_seed(seed, example), image_size)[0]
+            image = augment.random_crops(example["image"], [spec], _record_seed(seed, example), [image_size])[0]
             return {**example, "image": image}
         examples = _examples(source.records, _reader(source, data_cfg), data_cfg, seed, start, then=one)
         batch_spec = augment.after_crop(spec)

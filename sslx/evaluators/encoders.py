@@ -78,6 +78,21 @@ def load_workdir(workdir: str, step: int | None, mesh: Mesh, network: Callable[[
     size = config.data.image_size
     model = network(config)
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
+    try:
+        step, variables = restore_variables(workdir, shapes, step, mesh)
+    except ValueError:
+        if "encoder" not in shapes["params"]:
+            raise
+        # A method with a head of its own (DINO's, SwAV's prototypes) saved no config.head projection head: its
+        # encoder is what is evaluated. An encoder of another shape fails again here, naming the key.
+        encoder_only = {name: {"encoder": tree["encoder"]} for name, tree in shapes.items() if "encoder" in tree}
+        step, variables = restore_variables(workdir, encoder_only, step, mesh)
+    return Trained(paths.absolute(workdir), config, step, model, variables)
+
+
+def restore_variables(workdir: str, shapes: dict[str, Any], step: int | None, mesh: Mesh) -> tuple[int, dict]:
+    """(step, {'params', 'batch_stats'}) of the checkpoint of `step` (None or negative: the latest) in `workdir`,
+    shaped as the network variables `shapes` (only 'params' where it has no BatchNorm), replicated on `mesh`."""
     sharding = parallel.replicated(mesh)
     like = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
                         {name: shapes[name] for name in ("params", "batch_stats") if name in shapes})
@@ -86,7 +101,7 @@ def load_workdir(workdir: str, step: int | None, mesh: Mesh, network: Callable[[
         step, variables = checkpointer.restore_subtree(like, None if step is None or step < 0 else step)
     finally:
         checkpointer.close()
-    return Trained(paths.absolute(workdir), config, step, model, variables)
+    return step, variables
 
 
 def load_pretrained(workdir: str, step: int | None, mesh: Mesh, key: str = "config.pretrained") -> Trained:
@@ -120,6 +135,9 @@ def embed(config: ml_collections.ConfigDict, variables: dict[str, Any], images: 
 
     `config` is the pretraining config, `variables` {'params', 'batch_stats'} as in `Trained.variables`.
     """
+    if head_layer and "head" not in variables["params"]:
+        raise ValueError(f"head_layer={head_layer}: the {config.method} workdir has no projection head "
+                         f"(config.head) to read features from; use head_layer=0, the encoder's features")
     if head_layer == 0:
         return build_encoder(config.model, None).apply(
             network_variables(variables["params"], variables.get("batch_stats"), "encoder"), images, train=False)

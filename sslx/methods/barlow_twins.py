@@ -7,7 +7,7 @@ from typing import Any
 import jax
 
 from sslx.losses import barlow_twins, embedding_std
-from sslx.methods.base import Method, Metrics
+from sslx.methods.base import Method, Metrics, views
 from sslx.parallel import BATCH_AXIS
 
 
@@ -16,8 +16,9 @@ class BarlowTwins(Method):
     def loss(self, params: Any, batch_stats: Any, extra: Any, batch: dict[str, jax.Array],
              rng: jax.Array, step: jax.Array) -> tuple[jax.Array, tuple[Any, Metrics, Any]]:
         del extra, rng, step
-        out1, stats = self.forward(params, batch_stats, batch["view1"])
-        out2, stats = self.forward(params, stats, batch["view2"])
+        view1, view2 = views(batch)
+        out1, stats = self.forward(params, batch_stats, view1)
+        out2, stats = self.forward(params, stats, view2)
         # Every replica computes the global batch's loss; the loop's pmean leaves it unchanged.
         redundancy = barlow_twins(out1["z"], out2["z"], lambda_offdiag=self.config.barlow_twins.lambda_offdiag,
                                   axis_name=BATCH_AXIS)

@@ -7,16 +7,18 @@ The pretraining loop only calls the methods below.
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import Any, Sequence
 
 import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 from jax import lax
 
-from sslx import models
+from sslx import config as config_lib
+from sslx import models, optim
 from sslx.losses import check_labels, masked_mean, softmax_cross_entropy
 from sslx.parallel import BATCH_AXIS
 
@@ -24,15 +26,22 @@ Metrics = dict[str, jax.Array]
 
 
 class SSLNetwork(nn.Module):
-    """Encoder, optional projection head and predictor, optional linear probe on stop_gradient(features)."""
+    """Encoder, optional projection head and predictor, optional linear probe on stop_gradient(features).
+
+    `images` is one batch [n, H, W, 3] or a sequence of views; the encoder then runs once per run of consecutive
+    views of one size, concatenated (DINO's MultiCropWrapper: 2 global + 6 local crops take two encoder calls),
+    and the heads once on all the features. Every output leads with the rows of the views in their order.
+    """
     encoder: nn.Module
     head: nn.Module | None = None
     predictor: nn.Module | None = None   # BYOL / SimSiam / MoCo v3: p = q(z), on top of the head
     num_classes: int = 0
 
     @nn.compact
-    def __call__(self, images: jax.Array, train: bool) -> dict[str, Any]:
-        features = self.encoder(images, train=train)
+    def __call__(self, images: jax.Array | Sequence[jax.Array], train: bool) -> dict[str, Any]:
+        groups = resolution_groups(images if isinstance(images, (list, tuple)) else [images])
+        features = [self.encoder(group, train=train) for group in groups]
+        features = features[0] if len(features) == 1 else jnp.concatenate(features)
         out = {"features": features}
         if self.head is not None:
             out["z"], out["hiddens"] = self.head(features, train=train)
@@ -44,28 +53,62 @@ class SSLNetwork(nn.Module):
         return out
 
 
-def check_batch(batch: dict[str, jax.Array]) -> None:
-    """The per-replica batch every method reads: two float views [n, H, W, 3] of one shape and, where the
-    online probe or SupCon needs them, int labels [n] (checked at trace time, so a pipeline or view-maker change
-    that breaks it fails before the first step)."""
-    views = [batch["view1"], batch["view2"]]
-    chex.assert_rank(views, 4)
-    chex.assert_equal_shape(views)
-    chex.assert_type(views, float)
-    chex.assert_axis_dimension(batch["view1"], 3, 3)
+def resolution_groups(views: Sequence[jax.Array]) -> list[jax.Array]:
+    """Runs of consecutive views of one shape, each concatenated along the batch axis."""
+    runs: list[list[jax.Array]] = []
+    for view in views:
+        if runs and runs[-1][0].shape == view.shape:
+            runs[-1].append(view)
+        else:
+            runs.append([view])
+    return [run[0] if len(run) == 1 else jnp.concatenate(run) for run in runs]
+
+
+def views(batch: dict[str, Any]) -> tuple[jax.Array, ...]:
+    """The batch's augmented views, each [n, S, S, 3], in the order config.augment lists them (with
+    config.augment.crops, the global crops first): what every method reads its images from."""
+    return tuple(batch["views"])
+
+
+def global_views(images: Sequence[jax.Array]) -> tuple[jax.Array, ...]:
+    """The leading views of the first view's size: DINO's teacher inputs and SwAV's assigned crops (the global crops
+    of a multi-crop batch; both views of a two-view one)."""
+    return tuple(images[:global_count([view.shape[1] for view in images])])
+
+
+def global_count(sizes: Sequence[int]) -> int:
+    """How many leading views share the first view's size (`sizes` as sslx.config.view_sizes lists them)."""
+    return next((i for i, size in enumerate(sizes) if size != sizes[0]), len(sizes))
+
+
+def check_batch(batch: dict[str, Any]) -> None:
+    """The per-replica batch every method reads: 'views', at least two float [n, S, S, 3] of one n (their sides
+    may differ: multi-crop) and, where the online probe or SupCon needs them, int labels [n] (checked at trace
+    time, so a pipeline or view-maker change that breaks it fails before the first step)."""
+    images = views(batch)
+    if len(images) < 2:
+        raise ValueError(f"a pretraining batch needs at least two views, got {len(images)}")
+    chex.assert_rank(images, 4)
+    chex.assert_type(images, float)
+    chex.assert_equal_shape_prefix(images, 1)
+    for view in images:
+        chex.assert_axis_dimension(view, 3, 3)
     if "label" in batch:
-        check_labels(batch["label"], batch["view1"].shape[0])
+        check_labels(batch["label"], images[0].shape[0])
 
 
 class Method(abc.ABC):
     """Base class; subclasses register themselves in sslx.methods.METHODS."""
     has_predictor = False   # whether config.predictor applies
+    multi_crop = False      # whether it reads any number of views (config.augment.crops); else exactly two
 
-    def __init__(self, config: ml_collections.ConfigDict, num_classes: int, total_steps: int):
+    def __init__(self, config: ml_collections.ConfigDict, num_classes: int, total_steps: int,
+                 steps_per_epoch: int = 0):
         self.config = config
         # -1: unlabelled data (a flat image folder, a tfrecord without labels.txt): nothing for a probe to learn.
         self.num_classes = max(num_classes, 0) if config.probe.online else 0
         self.total_steps = total_steps   # for schedules inside the method (EMA momentum, ...)
+        self.steps_per_epoch = steps_per_epoch   # for settings given in epochs (0: unknown)
         self.validate()
 
     def validate(self) -> None:
@@ -75,6 +118,25 @@ class Method(abc.ABC):
             raise ValueError(f"config.predictor.num_layers={layers}: {self.config.method} needs a predictor (>= 1).")
         if not self.has_predictor and layers > 0:
             raise ValueError(f"config.predictor.num_layers={layers}: {self.config.method} has no predictor; set 0.")
+        sizes = config_lib.view_sizes(self.config.augment, self.config.data.image_size)
+        if not self.multi_crop and (len(sizes) != 2 or sizes[0] != sizes[1]):
+            raise ValueError(f"config.augment.crops: {self.config.method} takes two views of one size; set "
+                             f"config.augment.crops=() for its two default views, or use a multi-crop method "
+                             f"(dino, swav).")
+
+    def epochs_to_steps(self, epochs: float, key: str) -> int:
+        """A setting given in epochs (DINO's frozen last layer, SwAV's queue start) in optimizer steps."""
+        if epochs <= 0:
+            return 0
+        if self.steps_per_epoch <= 0:
+            raise ValueError(f"{key} is given in epochs, but {type(self).__name__} was built without "
+                             f"steps_per_epoch (pass it to sslx.methods.build_method)")
+        return round(epochs * self.steps_per_epoch)
+
+    def optimizer(self, schedule: optax.Schedule) -> optax.GradientTransformation:
+        """The optimizer config.optim describes around `schedule`; methods that freeze or project some
+        parameters (DINO's last layer, SwAV's prototypes) wrap it."""
+        return optim.make_optimizer(self.config.optim, schedule)
 
     def network(self, axis_name: str | None) -> nn.Module:
         """The trained network; `axis_name` binds global BN inside the data-parallel step. By default the encoder

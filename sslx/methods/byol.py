@@ -6,7 +6,7 @@ from typing import Any
 import jax
 
 from sslx.losses import byol_regression, embedding_std
-from sslx.methods.base import Metrics
+from sslx.methods.base import Metrics, views
 from sslx.methods.target import MomentumTargetMethod, cosine_momentum
 
 
@@ -19,10 +19,11 @@ class BYOL(MomentumTargetMethod):
     def loss(self, params: Any, batch_stats: Any, extra: Any, batch: dict[str, jax.Array],
              rng: jax.Array, step: jax.Array) -> tuple[jax.Array, tuple[Any, Metrics, Any]]:
         del rng
-        out1, stats = self.forward(params, batch_stats, batch["view1"])
-        out2, stats = self.forward(params, stats, batch["view2"])
-        z1, target_stats = self.target_forward(extra, extra["target_batch_stats"], batch["view1"])
-        z2, target_stats = self.target_forward(extra, target_stats, batch["view2"])
+        view1, view2 = views(batch)
+        out1, stats = self.forward(params, batch_stats, view1)
+        out2, stats = self.forward(params, stats, view2)
+        z1, target_stats = self.target_forward(extra, extra["target_batch_stats"], view1)
+        z2, target_stats = self.target_forward(extra, target_stats, view2)
         # Eq. 2 plus its symmetric term: each view's prediction regresses the other view's target.
         regression = byol_regression(out1["p"], z2) + byol_regression(out2["p"], z1)
         probe_loss, probe_metrics = self.probe_loss(out1, batch)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from sslx.losses import embedding_std, info_nce_queue, l2_normalize, moco_v3_contrastive
-from sslx.methods.base import Metrics
+from sslx.methods.base import Metrics, views
 from sslx.methods.target import MomentumTargetMethod, cosine_momentum
 from sslx.parallel import BATCH_AXIS
 
@@ -61,14 +61,15 @@ class MoCoV2(MomentumTargetMethod):
     def loss(self, params: Any, batch_stats: Any, extra: Any, batch: dict[str, jax.Array],
              rng: jax.Array, step: jax.Array) -> tuple[jax.Array, tuple[Any, Metrics, Any]]:
         del rng
-        out, stats = self.forward(params, batch_stats, batch["view1"])
+        view1, view2 = views(batch)
+        out, stats = self.forward(params, batch_stats, view1)
         encode_keys = lambda images: self.target_forward(extra, extra["target_batch_stats"], images)  # noqa: E731
         if self.config.moco.shuffle_bn:
             # One permutation for all replicas: from the seed and step, not the per-replica rng.
             shared = jax.random.fold_in(jax.random.key(self.config.seed), step)
-            keys, target_stats = shuffled_apply(encode_keys, batch["view2"], shared, BATCH_AXIS)
+            keys, target_stats = shuffled_apply(encode_keys, view2, shared, BATCH_AXIS)
         else:
-            keys, target_stats = encode_keys(batch["view2"])
+            keys, target_stats = encode_keys(view2)
         keys = l2_normalize(keys)
         contrastive = info_nce_queue(out["z"], keys, extra["queue"], temperature=self.config.loss.temperature)
         probe_loss, probe_metrics = self.probe_loss(out, batch)
@@ -94,10 +95,11 @@ class MoCoV3(MomentumTargetMethod):
     def loss(self, params: Any, batch_stats: Any, extra: Any, batch: dict[str, jax.Array],
              rng: jax.Array, step: jax.Array) -> tuple[jax.Array, tuple[Any, Metrics, Any]]:
         del rng
-        out1, stats = self.forward(params, batch_stats, batch["view1"])
-        out2, stats = self.forward(params, stats, batch["view2"])
-        k1, target_stats = self.target_forward(extra, extra["target_batch_stats"], batch["view1"])
-        k2, target_stats = self.target_forward(extra, target_stats, batch["view2"])
+        view1, view2 = views(batch)
+        out1, stats = self.forward(params, batch_stats, view1)
+        out2, stats = self.forward(params, stats, view2)
+        k1, target_stats = self.target_forward(extra, extra["target_batch_stats"], view1)
+        k2, target_stats = self.target_forward(extra, target_stats, view2)
         t = self.config.loss.temperature
         forward = moco_v3_contrastive(out1["p"], k2, temperature=t, axis_name=BATCH_AXIS)
         backward = moco_v3_contrastive(out2["p"], k1, temperature=t, axis_name=BATCH_AXIS)

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from sslx.losses import nt_xent
-from sslx.methods.base import Method, Metrics
+from sslx.methods.base import Method, Metrics, views
 from sslx.parallel import BATCH_AXIS
 
 
@@ -16,9 +16,10 @@ class SimCLR(Method):
 
     def embed(self, params: Any, batch_stats: Any, batch: dict[str, jax.Array]) -> tuple[Any, Any]:
         """Projections (and probe logits) of both views, [n, 2, ...] per leaf."""
-        n = batch["view1"].shape[0]
+        view1, view2 = views(batch)
+        n = view1.shape[0]
         # Both views in one forward pass: BN statistics then cover the 2N views, as in the reference.
-        out, stats = self.forward(params, batch_stats, jnp.concatenate([batch["view1"], batch["view2"]]))
+        out, stats = self.forward(params, batch_stats, jnp.concatenate([view1, view2]))
         keys = [k for k in ("z", "probe_logits") if k in out]
         return {k: jnp.stack([out[k][:n], out[k][n:]], axis=1) for k in keys}, stats
 

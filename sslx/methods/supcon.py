@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from sslx.losses import embedding_std, supcon
-from sslx.methods.base import Method, Metrics
+from sslx.methods.base import Method, Metrics, views
 from sslx.parallel import BATCH_AXIS
 
 
@@ -18,9 +18,10 @@ class SupCon(Method):
     def loss(self, params: Any, batch_stats: Any, extra: Any, batch: dict[str, jax.Array],
              rng: jax.Array, step: jax.Array) -> tuple[jax.Array, tuple[Any, Metrics, Any]]:
         del extra, rng, step
-        n = batch["view1"].shape[0]
+        view1, view2 = views(batch)
+        n = view1.shape[0]
         # Both views in one pass, as the reference implementation does.
-        out, stats = self.forward(params, batch_stats, jnp.concatenate([batch["view1"], batch["view2"]]))
+        out, stats = self.forward(params, batch_stats, jnp.concatenate([view1, view2]))
         # Unlabelled examples (label -1) get a label of their own: their only positive is their other view.
         own = -1 - (lax.axis_index(BATCH_AXIS) * n + jnp.arange(n))
         labels = jnp.where(batch["label"] >= 0, batch["label"], own)

@@ -7,7 +7,7 @@ from typing import Any
 import jax
 
 from sslx.losses import embedding_std, vicreg
-from sslx.methods.base import Method, Metrics
+from sslx.methods.base import Method, Metrics, views
 from sslx.parallel import BATCH_AXIS
 
 
@@ -16,8 +16,9 @@ class VICReg(Method):
     def loss(self, params: Any, batch_stats: Any, extra: Any, batch: dict[str, jax.Array],
              rng: jax.Array, step: jax.Array) -> tuple[jax.Array, tuple[Any, Metrics, Any]]:
         del extra, rng, step
-        out1, stats = self.forward(params, batch_stats, batch["view1"])
-        out2, stats = self.forward(params, stats, batch["view2"])
+        view1, view2 = views(batch)
+        out1, stats = self.forward(params, batch_stats, view1)
+        out2, stats = self.forward(params, stats, view2)
         cfg = self.config.vicreg
         terms = vicreg(out1["z"], out2["z"], sim_coeff=cfg.sim_coeff, std_coeff=cfg.std_coeff,
                        cov_coeff=cfg.cov_coeff, axis_name=BATCH_AXIS)

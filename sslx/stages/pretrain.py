@@ -35,17 +35,18 @@ class Pretraining:
         parallel.check_micro_batch(config.micro_batch_size, config.batch_size // self.mesh.size)
         self.train_info = data.describe(config.data, config.data.train_split)
         self.specs = data.spec_from_config(config.augment)
+        self.view_sizes = config_lib.view_sizes(config.augment, config.data.image_size)
         per_epoch = optim.steps_per_epoch(self.train_info.num_examples, config.batch_size)
         self.total_steps = optim.run_steps(config.total_steps, config.epochs, per_epoch)
         self.schedule = optim.schedule_from_config(config.optim, config.batch_size, self.total_steps, per_epoch)
-        self.optimizer = optim.make_optimizer(config.optim, self.schedule)
-        self.method: Method = build_method(config, self.train_info.num_classes, self.total_steps)
+        self.method: Method = build_method(config, self.train_info.num_classes, self.total_steps, per_epoch)
+        self.optimizer = self.method.optimizer(self.schedule)
         self.method.network(None)  # builds encoder/head: an unknown model name fails here
         self.init_rng, self.step_rng = jax.random.split(jax.random.key(config.seed))
         self.on_device = bool(config.augment.get("on_device", False))
         if self.on_device:
             self.augment_rng = jax.random.fold_in(jax.random.key(config.seed), 1)  # apart from init/step keys
-            self.make_views = device_augment.make_two_views(self.specs, config.data.image_size, self.mesh)
+            self.make_views = device_augment.make_views(self.specs, self.view_sizes, self.mesh)
 
     def initial_state(self) -> TrainState:
         size = self.config.data.image_size
@@ -62,7 +63,8 @@ class Pretraining:
         """Sharded batches from where the checkpoint of `start_step` left the input (its `saved` data)."""
         stream = data.pretrain_iterator(
             self.config.data, self.specs, local_batch=self.config.batch_size // jax.process_count(),
-            image_size=self.config.data.image_size, seed=self.config.seed, process_index=jax.process_index(),
+            image_size=self.config.data.image_size, seed=self.config.seed, sizes=self.view_sizes,
+            process_index=jax.process_index(),
             process_count=jax.process_count(), on_device=self.on_device,
             host_size=self.config.augment.get("host_size", 0), start=resume.stream_start(saved, "train"),
             first_batch=start_step)
@@ -70,11 +72,11 @@ class Pretraining:
                            skipped_before=saved.get("skipped_records", 0))
 
     def device_views(self, batch: dict, step: int) -> dict:
-        """The sharded batch with its two views, made on the devices when config.augment.on_device."""
+        """The sharded batch with its views, made on the devices when config.augment.on_device."""
         if not self.on_device:
             return batch
-        view1, view2 = self.make_views(jax.random.fold_in(self.augment_rng, step), batch["image"])
-        return {"view1": view1, "view2": view2, "label": batch["label"]}
+        return {"views": self.make_views(jax.random.fold_in(self.augment_rng, step), batch["image"]),
+                "label": batch["label"]}
 
 
 def train(run: Pretraining, checkpointer: Checkpointer, writer: metrics.MetricWriter) -> tuple[TrainState, dict]:

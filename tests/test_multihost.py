@@ -56,7 +56,7 @@ def train(devices, workdir):
     rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
     state, losses = init, []
     for step in range(1, STEPS + 1):
-        state, metrics = run(state, {k: v[rows] for k, v in make_batch(GLOBAL_BATCH, seed=step).items()})
+        state, metrics = run(state, jax.tree.map(lambda v: v[rows], make_batch(GLOBAL_BATCH, seed=step)))
         losses.append(float(metrics["loss"]))
         if step == SAVE_AT:
             checkpointer = Checkpointer(workdir, keep=1, every_steps=1)

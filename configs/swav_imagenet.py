@@ -5,10 +5,9 @@
 Multi-crop 2x224 px (14-100% of the image) + 6x96 px (5-14%), SimCLR's ImageNet augmentation on every crop;
 projection 2048-2048-128 (BN, ReLU), l2-normalised, 3000 prototypes renormalised after every update and frozen in
 the first epoch; codes from 3 Sinkhorn-Knopp iterations at epsilon 0.05 over the global batch, temperature 0.1, no
-queue at this batch size; global BN; LARS 0.3 x B/256 = 4.8, weight decay 1e-6, 10 warm-up epochs, batch 4096,
-800 epochs (scripts/swav_800ep_pretrain.sh). Target (the paper's, not measured with sslx): linear eval top-1 75.3.
-Differences from the reference that remain: its warm-up starts at 0.3 and its cosine ends at 0.0048 (here 0 and 0),
-and its LARS decays every parameter (here biases and BN parameters are exempt, as SimCLR's).
+queue at this batch size; global BN; LARS 0.3 x B/256 = 4.8 after 10 warm-up epochs from 0.3, down to 0.0048 by a
+cosine, weight decay 1e-6 on every parameter (biases and BN too, as the reference's LARC), batch 4096, 800 epochs
+(scripts/swav_800ep_pretrain.sh). Target (the paper's, not measured with sslx): linear eval top-1 75.3.
 """
 
 from sslx.config import base_config, crop, use_imagenet_resnet50
@@ -26,4 +25,5 @@ def get_config():
     c.batch_size = 4096
     c.epochs = 800.0
     c.optim.name, c.optim.base_lr, c.optim.weight_decay, c.optim.warmup_epochs = "lars", 0.3, 1e-6, 10.0
+    c.optim.warmup_start_lr, c.optim.end_lr, c.optim.exclude_norm_and_bias = 0.3, 0.0048, False
     return c

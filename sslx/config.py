@@ -92,9 +92,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.zero_init_residual = True  # each residual branch's last BN scale starts at 0 (Goyal et al. 2017)
     # ViTs (model.name vit_s16 | vit_b16 | vit_ti4) read only this section (besides name, dtype, remat); each field
     # <= 0 keeps the named variant's value (see sslx/models/vit.py); image_size: the side the learned position
-    # embeddings are made for (other input sizes resize them).
+    # embeddings are made for (other input sizes resize them); drop_path_rate: stochastic depth of the online network
+    # in pretraining, rising linearly over the blocks to this rate (0: off; DINO's ViT-S/16 0.1).
     c.model.vit = ml_collections.ConfigDict({"patch_size": -1, "hidden_dim": -1, "depth": -1, "num_heads": -1,
-                                             "mlp_dim": -1, "image_size": -1})
+                                             "mlp_dim": -1, "image_size": -1, "drop_path_rate": 0.0})
 
     c.head = ml_collections.ConfigDict()
     c.head.version = "v1"
@@ -160,7 +161,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.lr_scaling = "linear"
     c.optim.warmup_epochs = 10.0
     c.optim.warmup_steps = -1     # >= 0 wins over warmup_epochs
+    c.optim.warmup_start_lr = 0.0  # the warm-up's first rate (unscaled; SwAV's start_warmup)
+    c.optim.end_lr = 0.0          # the cosine's last rate (unscaled; DINO's min_lr 1e-6, SwAV's final_lr)
     c.optim.weight_decay = 1e-6
+    c.optim.weight_decay_end = -1.0   # >= 0: weight decay follows a cosine to this over the run (DINO: 0.04 -> 0.4)
+    c.optim.exclude_norm_and_bias = True   # no weight decay or LARS trust ratio on rank-1 parameters (SwAV: False)
+    c.optim.grad_clip_per_tensor = 0.0    # > 0: each parameter tensor's gradient clipped to this norm (DINO: 3.0)
     c.optim.momentum = 0.9
     c.optim.nesterov = False
     c.optim.lars_eta = 1e-3

@@ -169,12 +169,17 @@ RESNET = ["--config.model.name=resnet18", "--config.model.width=0.125"]
 # The recipes' crops at digits' scale (global 8 px, local 4 px), overridden entry by entry; tiny heads.
 DINO = ["--config.augment.crops[0].size=8", "--config.augment.crops[1].size=8", "--config.augment.crops[2].size=4",
         "--config.dino.out_dim=64", "--config.dino.hidden_dim=32", "--config.dino.bottleneck_dim=16"]
+# dino_imagenet's ViT-S settings besides the model: stochastic depth, AdamW to 1e-6, weight decay 0.04 -> 0.4, each
+# gradient tensor clipped to norm 3.
+DINO_VIT_S = ["--config.model.vit.drop_path_rate=0.1", "--config.optim.name=adamw", "--config.optim.base_lr=0.0005",
+              "--config.optim.end_lr=1e-6", "--config.optim.weight_decay=0.04", "--config.optim.weight_decay_end=0.4",
+              "--config.optim.grad_clip_per_tensor=3.0"]
 SWAV = ["--config.augment.crops[0].size=8", "--config.augment.crops[1].size=4", "--config.swav.num_prototypes=20",
         "--config.head.hidden_dim=32"]
 
 
 @pytest.mark.parametrize("recipe,encoder,overrides", [
-    ("dino_cifar10", "vit_ti4", [*VIT, *DINO]),
+    ("dino_cifar10", "vit_ti4", [*VIT, *DINO, *DINO_VIT_S]),
     ("dino_cifar10", "resnet18", [*RESNET, *DINO, "--config.eval.linear_probe=False"]),
     ("swav_cifar10", "vit_ti4", [*VIT, *SWAV, "--config.swav.queue_length=0", "--config.eval.linear_probe=False"]),
     ("swav_cifar10", "resnet18", [*RESNET, *SWAV, "--config.swav.queue_length=64",

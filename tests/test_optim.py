@@ -155,3 +155,54 @@ def test_other_optimizers_mask_decay(name):
     assert float(jnp.abs(updates["bn"]["scale"]).max()) == 0.0
     assert float(jnp.abs(updates["dense"]["bias"]).max()) == 0.0
     assert float(jnp.abs(updates["conv"]["kernel"]).max()) > 0.0
+
+
+def test_schedule_starts_and_ends_at_the_unscaled_warmup_start_and_end_rates():
+    # SwAV's 800-epoch ImageNet run: warm-up from 0.3 to 4.8 (0.3 x 4096 / 256), cosine down to 0.0048.
+    c = lars_config()
+    c.base_lr, c.warmup_steps, c.warmup_start_lr, c.end_lr = 0.3, 10, 0.3, 0.0048
+    schedule = optim.schedule_from_config(c, batch_size=4096, total_steps=110, per_epoch=1)
+    assert float(schedule(0)) == pytest.approx(0.3)
+    assert float(schedule(5)) == pytest.approx(2.55)
+    assert float(schedule(10)) == pytest.approx(4.8)
+    assert float(schedule(60)) == pytest.approx((4.8 + 0.0048) / 2, rel=1e-5)
+    assert float(schedule(110)) == pytest.approx(0.0048, rel=1e-5)
+
+
+def test_weight_decay_follows_a_cosine_to_weight_decay_end_over_the_run():
+    # DINO: 0.04 -> 0.4. With zero gradients and plain SGD an update is -lr x wd(step) x w on kernels only.
+    c = lars_config(weight_decay=0.04)
+    c.name, c.momentum, c.weight_decay_end = "sgd", 0.0, 0.4
+    opt = optim.make_optimizer(c, lambda _: 1.0, total_steps=10)
+    params = toy_params()
+    zero, state, decays = jax_tree_full_like(params, 0.0), opt.init(params), []
+    for _ in range(11):
+        updates, state = opt.update(zero, state, params)
+        decays.append(float(-updates["dense"]["kernel"][0, 0]))
+        assert float(jnp.abs(updates["dense"]["bias"]).max()) == 0.0
+    np.testing.assert_allclose(decays[0], 0.04, rtol=1e-6)
+    np.testing.assert_allclose(decays[5], 0.22, rtol=1e-6)
+    np.testing.assert_allclose(decays[10], 0.4, rtol=1e-6)
+    with pytest.raises(ValueError, match="weight_decay_end >= 0 needs the run's length"):
+        optim.make_optimizer(c, lambda _: 1.0)
+
+
+def test_each_gradient_tensor_is_clipped_to_its_own_norm():
+    c = lars_config(weight_decay=0.0)
+    c.name, c.momentum, c.grad_clip_per_tensor = "sgd", 0.0, 3.0
+    opt = optim.make_optimizer(c, lambda _: 1.0)
+    params = {"big": jnp.zeros((4,)), "small": jnp.zeros((4,))}
+    grads = {"big": jnp.full((4,), 5.0), "small": jnp.full((4,), 0.5)}   # norms 10 and 1
+    updates, _ = opt.update(grads, opt.init(params), params)
+    np.testing.assert_allclose(updates["big"], -1.5, rtol=1e-5)          # scaled to norm 3 on its own
+    np.testing.assert_allclose(updates["small"], -0.5, rtol=1e-6)        # under 3: unchanged
+
+
+def test_swav_lars_decays_and_adapts_every_parameter_when_asked():
+    c = lars_config(weight_decay=0.5)
+    c.exclude_norm_and_bias = False
+    opt = optim.make_optimizer(c, lambda _: 0.1)
+    params = toy_params()
+    updates, _ = opt.update(jax_tree_full_like(params, 0.0), opt.init(params), params)
+    assert float(jnp.abs(updates["dense"]["bias"]).max()) > 0.0
+    assert float(jnp.abs(updates["bn"]["scale"]).max()) > 0.0

@@ -111,6 +111,46 @@ def test_remat_wraps_each_vit_block_and_keeps_its_parameters():
     assert str(jax.make_jaxpr(lambda v: remat.apply(v, images, train=True))(variables)).count("remat") == 2
 
 
+def test_drop_path_skips_whole_residual_branches_per_example_at_rates_rising_over_the_blocks():
+    """Depth 2 at drop_path_rate 0.5: the first block is never dropped, the last one's two branches each with p 0.5,
+    so about a quarter of the examples come out exactly as the network without its last block computes them."""
+    model = ViT(patch_size=4, hidden_dim=16, depth=2, num_heads=2, mlp_dim=32, image_size=8, drop_path_rate=0.5)
+    images = np.random.default_rng(0).uniform(size=(512, 8, 8, 3)).astype(np.float32)
+    variables = jit(functools.partial(model.init, train=False))(jax.random.key(0), images[:1])
+    deterministic = jit(functools.partial(model.apply, train=False))(variables, images)
+    # Without a 'dropout' rng (EMA teachers and targets) and in eval mode the encoder is deterministic.
+    np.testing.assert_array_equal(jit(functools.partial(model.apply, train=True))(variables, images), deterministic)
+    dropped = jit(lambda v, x, key: model.apply(v, x, train=True, rngs={"dropout": key}))
+    first, second = dropped(variables, images, jax.random.key(1)), dropped(variables, images, jax.random.key(2))
+    assert not np.allclose(first, second)
+    params = dict(variables["params"])
+    without_last = {"params": {**{k: v for k, v in params.items() if k != "block2"},
+                               "block1": params["block1"]}}
+    shallow = ViT(patch_size=4, hidden_dim=16, depth=1, num_heads=2, mlp_dim=32, image_size=8)
+    reference = jit(functools.partial(shallow.apply, train=False))(without_last, images)
+    skipped = np.all(np.abs(np.asarray(first) - np.asarray(reference)) < 1e-5, axis=1)
+    assert 0.17 < skipped.mean() < 0.33, skipped.mean()
+
+
+def test_drop_path_is_drawn_for_the_online_network_only_and_refuses_gradcache():
+    config = vit_method_config("byol")
+    config.model.vit.drop_path_rate = 0.3
+    method = build_method(config, num_classes=10, total_steps=10)
+    images = jnp.asarray(batch()["views"][0][:4])
+    params, batch_stats, _ = method.init(jax.random.key(0), images)
+    forward = lambda rng: method.network(None).apply(  # noqa: E731
+        models.network_variables(params, batch_stats), images, train=True, mutable=["batch_stats"],
+        rngs=None if rng is None else {"dropout": rng})[0]["features"]
+    assert not np.allclose(forward(jax.random.key(1)), forward(jax.random.key(2)))
+    np.testing.assert_array_equal(forward(None), forward(None))
+    config.micro_batch_size = 2
+    with pytest.raises(ValueError, match=r"config\.model\.vit\.drop_path_rate > 0 and config\.micro_batch_size"):
+        build_method(config, num_classes=10, total_steps=10)
+    config.micro_batch_size, config.model.vit.drop_path_rate = 0, 1.0
+    with pytest.raises(ValueError, match=r"config\.model\.vit\.drop_path_rate=1\.0 must be in \[0, 1\)"):
+        build_method(config, num_classes=10, total_steps=10)
+
+
 def vit_method_config(method):
     """test_methods' tiny config with a 2-block ViT of 2 px patches (a 2x2 grid on its 4 px views, embeddings made
     for 8 px and resized), so the step's collectives run with an encoder without BatchNorm."""

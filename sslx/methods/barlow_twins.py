@@ -15,10 +15,10 @@ class BarlowTwins(Method):
 
     def loss(self, params: Any, batch_stats: Any, extra: Any, batch: dict[str, jax.Array],
              rng: jax.Array, step: jax.Array) -> tuple[jax.Array, tuple[Any, Metrics, Any]]:
-        del extra, rng, step
+        del extra, step
         view1, view2 = views(batch)
-        out1, stats = self.forward(params, batch_stats, view1)
-        out2, stats = self.forward(params, stats, view2)
+        out1, stats = self.forward(params, batch_stats, view1, jax.random.fold_in(rng, 1))
+        out2, stats = self.forward(params, stats, view2, jax.random.fold_in(rng, 2))
         # Every replica computes the global batch's loss; the loop's pmean leaves it unchanged.
         redundancy = barlow_twins(out1["z"], out2["z"], lambda_offdiag=self.config.barlow_twins.lambda_offdiag,
                                   axis_name=BATCH_AXIS)

@@ -119,6 +119,10 @@ class Method(abc.ABC):
         if not self.has_predictor and layers > 0:
             raise ValueError(f"config.predictor.num_layers={layers}: {self.config.method} has no predictor; set 0.")
         sizes = config_lib.view_sizes(self.config.augment, self.config.data.image_size)
+        drop_path = models.drop_path_rate(self.config.model)   # one line for a rate outside [0, 1)
+        if self.config.micro_batch_size and drop_path:
+            raise ValueError("config.model.vit.drop_path_rate > 0 and config.micro_batch_size > 0: GradCache's "
+                             "recomputed forward pass would draw other drop masks; set one of them to 0.")
         if not self.multi_crop and (len(sizes) != 2 or sizes[0] != sizes[1]):
             raise ValueError(f"config.augment.crops: {self.config.method} takes two views of one size; set "
                              f"config.augment.crops=() for its two default views, or use a multi-crop method "
@@ -136,7 +140,7 @@ class Method(abc.ABC):
     def optimizer(self, schedule: optax.Schedule) -> optax.GradientTransformation:
         """The optimizer config.optim describes around `schedule`; methods that freeze or project some
         parameters (DINO's last layer, SwAV's prototypes) wrap it."""
-        return optim.make_optimizer(self.config.optim, schedule)
+        return optim.make_optimizer(self.config.optim, schedule, total_steps=self.total_steps)
 
     def network(self, axis_name: str | None) -> nn.Module:
         """The trained network; `axis_name` binds global BN inside the data-parallel step. By default the encoder
@@ -167,14 +171,17 @@ class Method(abc.ABC):
         BN statistics, ...
         """
 
-    def forward(self, params: Any, batch_stats: Any, images: jax.Array) -> tuple[dict[str, Any], Any]:
+    def forward(self, params: Any, batch_stats: Any, images: jax.Array,
+                rng: jax.Array | None = None) -> tuple[dict[str, Any], Any]:
         """The trained network in train mode on one batch of views -> (outputs, updated BN statistics).
 
         Methods that run each view separately (BYOL, SimSiam, MoCo, ...) call it once per view, so BN
-        normalises each view on its own, as in their reference code.
+        normalises each view on its own, as in their reference code. `rng` draws the encoder's stochastic depth
+        (config.model.vit.drop_path_rate); pass a different one to each call.
         """
         out, updates = self.network(BATCH_AXIS).apply(
-            models.network_variables(params, batch_stats), images, train=True, mutable=["batch_stats"])
+            models.network_variables(params, batch_stats), images, train=True, mutable=["batch_stats"],
+            rngs=None if rng is None else {"dropout": rng})
         return out, models.stats_of(updates)
 
     def embed(self, params: Any, batch_stats: Any, batch: dict[str, jax.Array]) -> tuple[Any, Any]:

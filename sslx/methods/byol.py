@@ -18,10 +18,9 @@ class BYOL(MomentumTargetMethod):
 
     def loss(self, params: Any, batch_stats: Any, extra: Any, batch: dict[str, jax.Array],
              rng: jax.Array, step: jax.Array) -> tuple[jax.Array, tuple[Any, Metrics, Any]]:
-        del rng
         view1, view2 = views(batch)
-        out1, stats = self.forward(params, batch_stats, view1)
-        out2, stats = self.forward(params, stats, view2)
+        out1, stats = self.forward(params, batch_stats, view1, jax.random.fold_in(rng, 1))
+        out2, stats = self.forward(params, stats, view2, jax.random.fold_in(rng, 2))
         z1, target_stats = self.target_forward(extra, extra["target_batch_stats"], view1)
         z2, target_stats = self.target_forward(extra, target_stats, view2)
         # Eq. 2 plus its symmetric term: each view's prediction regresses the other view's target.

@@ -58,7 +58,8 @@ class DINO(MomentumTargetMethod):
 
     def optimizer(self, schedule: optax.Schedule) -> optax.GradientTransformation:
         frozen = self.epochs_to_steps(self.config.dino.freeze_last_layer_epochs, "config.dino.freeze_last_layer_epochs")
-        return optim.make_optimizer(self.config.optim, schedule, frozen={LAST_LAYER: frozen} if frozen else None)
+        return optim.make_optimizer(self.config.optim, schedule, frozen={LAST_LAYER: frozen} if frozen else None,
+                                    total_steps=self.total_steps)
 
     def momentum(self, step: jax.Array) -> jax.Array:
         return cosine_momentum(step, self.total_steps, self.config.dino.momentum_teacher)
@@ -76,12 +77,11 @@ class DINO(MomentumTargetMethod):
 
     def loss(self, params: Any, batch_stats: Any, extra: Any, batch: dict[str, jax.Array],
              rng: jax.Array, step: jax.Array) -> tuple[jax.Array, tuple[Any, Metrics, Any]]:
-        del rng
         cfg = self.config.dino
         crops = views(batch)
         teacher_crops = global_views(crops)
         n = crops[0].shape[0]
-        out, stats = self.forward(params, batch_stats, crops)
+        out, stats = self.forward(params, batch_stats, crops, rng)
         teacher, target_stats = self.target_forward(extra, extra["target_batch_stats"], teacher_crops)
         temperature = self.teacher_temperature(step)
         result = dino(out["z"].reshape(len(crops), n, -1), teacher.reshape(len(teacher_crops), n, -1),

@@ -60,9 +60,8 @@ class MoCoV2(MomentumTargetMethod):
 
     def loss(self, params: Any, batch_stats: Any, extra: Any, batch: dict[str, jax.Array],
              rng: jax.Array, step: jax.Array) -> tuple[jax.Array, tuple[Any, Metrics, Any]]:
-        del rng
         view1, view2 = views(batch)
-        out, stats = self.forward(params, batch_stats, view1)
+        out, stats = self.forward(params, batch_stats, view1, rng)
         encode_keys = lambda images: self.target_forward(extra, extra["target_batch_stats"], images)  # noqa: E731
         if self.config.moco.shuffle_bn:
             # One permutation for all replicas: from the seed and step, not the per-replica rng.
@@ -94,10 +93,9 @@ class MoCoV3(MomentumTargetMethod):
 
     def loss(self, params: Any, batch_stats: Any, extra: Any, batch: dict[str, jax.Array],
              rng: jax.Array, step: jax.Array) -> tuple[jax.Array, tuple[Any, Metrics, Any]]:
-        del rng
         view1, view2 = views(batch)
-        out1, stats = self.forward(params, batch_stats, view1)
-        out2, stats = self.forward(params, stats, view2)
+        out1, stats = self.forward(params, batch_stats, view1, jax.random.fold_in(rng, 1))
+        out2, stats = self.forward(params, stats, view2, jax.random.fold_in(rng, 2))
         k1, target_stats = self.target_forward(extra, extra["target_batch_stats"], view1)
         k2, target_stats = self.target_forward(extra, target_stats, view2)
         t = self.config.loss.temperature

@@ -14,12 +14,13 @@ from sslx.parallel import BATCH_AXIS
 class SimCLR(Method):
     """v1 or v2 is the head (config.head.version); the loss and loop are the same."""
 
-    def embed(self, params: Any, batch_stats: Any, batch: dict[str, jax.Array]) -> tuple[Any, Any]:
+    def embed(self, params: Any, batch_stats: Any, batch: dict[str, jax.Array],
+              rng: jax.Array | None = None) -> tuple[Any, Any]:
         """Projections (and probe logits) of both views, [n, 2, ...] per leaf."""
         view1, view2 = views(batch)
         n = view1.shape[0]
         # Both views in one forward pass: BN statistics then cover the 2N views, as in the reference.
-        out, stats = self.forward(params, batch_stats, jnp.concatenate([view1, view2]))
+        out, stats = self.forward(params, batch_stats, jnp.concatenate([view1, view2]), rng)
         keys = [k for k in ("z", "probe_logits") if k in out]
         return {k: jnp.stack([out[k][:n], out[k][n:]], axis=1) for k in keys}, stats
 
@@ -36,7 +37,7 @@ class SimCLR(Method):
 
     def loss(self, params: Any, batch_stats: Any, extra: Any, batch: dict[str, jax.Array],
              rng: jax.Array, step: jax.Array) -> tuple[jax.Array, tuple[Any, Metrics, Any]]:
-        del extra, rng, step
-        outputs, stats = self.embed(params, batch_stats, batch)
+        del extra, step
+        outputs, stats = self.embed(params, batch_stats, batch, rng)
         loss, metrics = self.loss_from_embeddings(outputs, batch)
         return loss, (stats, metrics, {})

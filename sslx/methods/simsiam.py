@@ -18,10 +18,10 @@ class SimSiam(Method):
 
     def loss(self, params: Any, batch_stats: Any, extra: Any, batch: dict[str, jax.Array],
              rng: jax.Array, step: jax.Array) -> tuple[jax.Array, tuple[Any, Metrics, Any]]:
-        del extra, rng, step
+        del extra, step
         view1, view2 = views(batch)
-        out1, stats = self.forward(params, batch_stats, view1)
-        out2, stats = self.forward(params, stats, view2)
+        out1, stats = self.forward(params, batch_stats, view1, jax.random.fold_in(rng, 1))
+        out2, stats = self.forward(params, stats, view2, jax.random.fold_in(rng, 2))
         # Eq. 2: L = D(p1, stopgrad(z2)) / 2 + D(p2, stopgrad(z1)) / 2.
         similarity = (simsiam_negative_cosine(out1["p"], out2["z"]) + simsiam_negative_cosine(out2["p"], out1["z"])) / 2
         probe_loss, probe_metrics = self.probe_loss(out1, batch)

@@ -17,11 +17,11 @@ class SupCon(Method):
 
     def loss(self, params: Any, batch_stats: Any, extra: Any, batch: dict[str, jax.Array],
              rng: jax.Array, step: jax.Array) -> tuple[jax.Array, tuple[Any, Metrics, Any]]:
-        del extra, rng, step
+        del extra, step
         view1, view2 = views(batch)
         n = view1.shape[0]
         # Both views in one pass, as the reference implementation does.
-        out, stats = self.forward(params, batch_stats, jnp.concatenate([view1, view2]))
+        out, stats = self.forward(params, batch_stats, jnp.concatenate([view1, view2]), rng)
         # Unlabelled examples (label -1) get a label of their own: their only positive is their other view.
         own = -1 - (lax.axis_index(BATCH_AXIS) * n + jnp.arange(n))
         labels = jnp.where(batch["label"] >= 0, batch["label"], own)

@@ -88,16 +88,17 @@ class SwAV(Method):
     def optimizer(self, schedule: optax.Schedule) -> optax.GradientTransformation:
         frozen = self.epochs_to_steps(self.config.swav.freeze_prototypes_epochs, "config.swav.freeze_prototypes_epochs")
         return optax.chain(optim.make_optimizer(self.config.optim, schedule,
-                                                frozen={PROTOTYPES: frozen} if frozen else None),
+                                                frozen={PROTOTYPES: frozen} if frozen else None,
+                                                total_steps=self.total_steps),
                            renormalize_prototypes())
 
     def loss(self, params: Any, batch_stats: Any, extra: Any, batch: dict[str, jax.Array],
              rng: jax.Array, step: jax.Array) -> tuple[jax.Array, tuple[Any, Metrics, Any]]:
-        del rng, step
+        del step
         cfg = self.config.swav
         crops = views(batch)
         assigned, n = len(global_views(crops)), crops[0].shape[0]
-        out, stats = self.forward(params, batch_stats, crops)
+        out, stats = self.forward(params, batch_stats, crops, rng)
         scores = out["z"].reshape(len(crops), n, -1)
         swapped = lambda queue_scores: swav(  # noqa: E731
             scores, temperature=cfg.temperature, epsilon=cfg.epsilon, iterations=cfg.sinkhorn_iterations,

@@ -15,10 +15,10 @@ class VICReg(Method):
 
     def loss(self, params: Any, batch_stats: Any, extra: Any, batch: dict[str, jax.Array],
              rng: jax.Array, step: jax.Array) -> tuple[jax.Array, tuple[Any, Metrics, Any]]:
-        del extra, rng, step
+        del extra, step
         view1, view2 = views(batch)
-        out1, stats = self.forward(params, batch_stats, view1)
-        out2, stats = self.forward(params, stats, view2)
+        out1, stats = self.forward(params, batch_stats, view1, jax.random.fold_in(rng, 1))
+        out2, stats = self.forward(params, stats, view2, jax.random.fold_in(rng, 2))
         cfg = self.config.vicreg
         terms = vicreg(out1["z"], out2["z"], sim_coeff=cfg.sim_coeff, std_coeff=cfg.std_coeff,
                        cov_coeff=cfg.cov_coeff, axis_name=BATCH_AXIS)

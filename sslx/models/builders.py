@@ -60,10 +60,19 @@ def vit_fields(name: str, model_cfg: ml_collections.ConfigDict) -> dict[str, int
     return fields
 
 
+def drop_path_rate(model_cfg: ml_collections.ConfigDict) -> float:
+    """config.model.vit.drop_path_rate, in [0, 1) (configs saved before the key lack it: 0)."""
+    rate = (model_cfg.get("vit") or {}).get("drop_path_rate", 0.0)
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"config.model.vit.drop_path_rate={rate} must be in [0, 1) (DINO's ViT-S/16: 0.1; 0: off)")
+    return rate
+
+
 def vit_builder(name: str) -> Builder:
     def build(model_cfg: ml_collections.ConfigDict, axis_name: str | None) -> nn.Module:
         del axis_name   # LayerNorm only: nothing is reduced over replicas
-        return remat_blocks(ViT(**vit_fields(name, model_cfg), dtype=compute_dtype(model_cfg)), model_cfg)
+        return remat_blocks(ViT(**vit_fields(name, model_cfg), dtype=compute_dtype(model_cfg),
+                                drop_path_rate=drop_path_rate(model_cfg)), model_cfg)
     return build
 
 

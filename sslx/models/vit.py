@@ -10,8 +10,11 @@ Architecture (NHWC input):
   * `depth` blocks x + MHSA(LN(x)), x + MLP(LN(x)) with a GELU MLP of width `mlp_dim`;
   * output: LN of the class token, [batch, hidden_dim] in float32.
 
-LayerNorm only, no BatchNorm and no dropout: train and eval mode compute the same function and the encoder has no
-`batch_stats`. Dense kernels, the class token and the position embeddings start from a normal of std 0.02
+LayerNorm only, no BatchNorm and no dropout; stochastic depth (`drop_path_rate`, DINO's drop_path_rate 0.1 for
+ViT-S/16) skips each block's residual branches for a random share of the examples, at rates rising linearly from 0
+in the first block to `drop_path_rate` in the last, in train mode when the caller passes a 'dropout' rng (the online
+network in pretraining, `sslx.methods.base.Method.forward`); without one (EMA teachers and targets, as DINO's teacher
+has no drop path; evaluation) the encoder is deterministic. It has no `batch_stats`. Dense kernels, the class token and the position embeddings start from a normal of std 0.02
 truncated at two std (DINO's and timm's init). Computation runs in `dtype`; parameters are float32.
 """
 from typing import Any
@@ -35,17 +38,27 @@ class MlpBlock(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-    """Pre-norm transformer block: x + attention(LN(x)), then x + MLP(LN(x))."""
+    """Pre-norm transformer block: x + attention(LN(x)), then x + MLP(LN(x)); with `drop_path` > 0 each branch is
+    zeroed for that share of the examples (the 'dropout' rng) and scaled by 1 / (1 - drop_path) for the others."""
     num_heads: int
     mlp_dim: int
     dtype: Any = jnp.float32
+    drop_path: float = 0.0
 
     @nn.compact
     def __call__(self, x):
         y = layer_norm(self.dtype, "norm1")(x)
-        x = x + nn.MultiHeadDotProductAttention(self.num_heads, dtype=self.dtype, param_dtype=jnp.float32,
-                                                kernel_init=INIT, deterministic=True, name="attention")(y, y)
-        return x + MlpBlock(self.mlp_dim, self.dtype, name="mlp")(layer_norm(self.dtype, "norm2")(x))
+        y = nn.MultiHeadDotProductAttention(self.num_heads, dtype=self.dtype, param_dtype=jnp.float32,
+                                            kernel_init=INIT, deterministic=True, name="attention")(y, y)
+        x = x + self.drop_branch(y)
+        y = MlpBlock(self.mlp_dim, self.dtype, name="mlp")(layer_norm(self.dtype, "norm2")(x))
+        return x + self.drop_branch(y)
+
+    def drop_branch(self, branch: jax.Array) -> jax.Array:
+        if not self.drop_path:
+            return branch
+        # Dropout broadcast over tokens and channels: one keep-or-drop draw per example, i.e. stochastic depth.
+        return nn.Dropout(self.drop_path, broadcast_dims=(1, 2), deterministic=False)(branch)
 
 
 def layer_norm(dtype: Any, name: str) -> nn.LayerNorm:
@@ -69,6 +82,7 @@ class ViT(nn.Module):
     mlp_dim: int
     image_size: int   # the input side the position embeddings are made for
     dtype: Any = jnp.float32
+    drop_path_rate: float = 0.0   # stochastic depth of the last block (linear from 0 in the first)
     block: type[EncoderBlock] = EncoderBlock   # nn.remat(EncoderBlock) recomputes each block in the backward pass
 
     @property
@@ -83,7 +97,6 @@ class ViT(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        del train   # no BatchNorm or dropout
         grid = self.grid(*x.shape[1:3])
         x = nn.Conv(self.hidden_dim, (self.patch_size,) * 2, strides=self.patch_size, padding="VALID",
                     dtype=self.dtype, param_dtype=jnp.float32, name="patch_embedding")(x.astype(self.dtype))
@@ -93,8 +106,10 @@ class ViT(nn.Module):
         x = x.reshape(x.shape[0], -1, self.hidden_dim)
         cls = self.param("cls_token", INIT, (1, 1, self.hidden_dim), jnp.float32)
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (x.shape[0], 1, self.hidden_dim)), x], axis=1)
+        stochastic = train and self.drop_path_rate > 0 and self.has_rng("dropout")
         for index in range(self.depth):
-            x = self.block(self.num_heads, self.mlp_dim, self.dtype, name=f"block{index + 1}")(x)
+            rate = self.drop_path_rate * index / max(self.depth - 1, 1) if stochastic else 0.0
+            x = self.block(self.num_heads, self.mlp_dim, self.dtype, rate, name=f"block{index + 1}")(x)
         x = layer_norm(self.dtype, "norm")(x)
         return x[:, 0].astype(jnp.float32)
 

@@ -149,7 +149,7 @@ class Distillation:
         per_epoch = optim.steps_per_epoch(self.num_train, cfg.batch_size)
         self.total_steps = optim.run_steps(cfg.total_steps, cfg.epochs, per_epoch)
         self.schedule = optim.schedule_from_config(cfg.optim, cfg.batch_size, self.total_steps, per_epoch)
-        self.optimizer = optim.make_optimizer(cfg.optim, self.schedule)
+        self.optimizer = optim.make_optimizer(cfg.optim, self.schedule, total_steps=self.total_steps)
 
     def teacher_logits(self) -> np.ndarray | None:
         """The precomputed logits (memory-mapped), checked against the train split, or None for the online teacher."""

@@ -58,7 +58,7 @@ def record_config(config: ml_collections.ConfigDict, pretrained: Trained, data_c
     return recorded
 
 
-def finetune_optimizer(optim_cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
+def finetune_optimizer(optim_cfg, schedule: optax.Schedule, total_steps: int) -> optax.GradientTransformation:
     """`optim_cfg`'s optimizer for the network, plain momentum SGD without weight decay for the new classifier.
 
     SimCLR excludes the supervised head from LARS adaptation and weight decay: the classifier starts at zero, and
@@ -66,7 +66,7 @@ def finetune_optimizer(optim_cfg, schedule: optax.Schedule) -> optax.GradientTra
     """
     labels = lambda params: {name: jax.tree.map(lambda _: "classifier" if name == "classifier" else "network",  # noqa: E731
                                                 subtree) for name, subtree in params.items()}
-    return optax.multi_transform({"network": optim.make_optimizer(optim_cfg, schedule),
+    return optax.multi_transform({"network": optim.make_optimizer(optim_cfg, schedule, total_steps=total_steps),
                                   "classifier": optax.sgd(schedule, momentum=optim_cfg.momentum)}, labels)
 
 
@@ -104,7 +104,7 @@ class FineTuning:
         self.total_steps = max(math.ceil(epochs * self.num_labelled / cfg.batch_size), 1)
         self.schedule = optim.schedule_from_config(cfg.optim, cfg.batch_size, self.total_steps,
                                                    optim.steps_per_epoch(self.num_labelled, cfg.batch_size))
-        self.optimizer = finetune_optimizer(cfg.optim, self.schedule)
+        self.optimizer = finetune_optimizer(cfg.optim, self.schedule, self.total_steps)
         self.recorded = record_config(config, self.pretrained, self.data, self.num_classes)
 
     def initial_state(self) -> TrainState:

@@ -248,6 +248,9 @@ def eval_config() -> ml_collections.ConfigDict:
     c.linear.weight_decay = 0.0
     c.linear.lbfgs_steps = 500
     c.linear.lbfgs_l2 = 1e-4
+    c.linear.log_every_steps = 100     # protocol mode's loop (each classifier checkpoints in WORKDIR/classifiers/)
+    c.linear.checkpoint_every_steps = 1000
+    c.linear.keep_checkpoints = 1
 
     c.knn = knn_config()
 

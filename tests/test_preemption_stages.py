@@ -53,3 +53,49 @@ def test_fine_tuning_and_distillation_resume_bitwise_equal(pretrained, tmp_path,
     interrupted_then_resumed(distill.run_distill, d, tmp_path / "student_resumed", distill.Distillation,
                              monkeypatch, 3)
     assert_bitwise_equal(tmp_path / "student_resumed", tmp_path / "student", step=5)
+
+
+def test_protocol_linear_eval_resumes_each_classifier_bitwise_and_a_finished_one_is_not_retrained(
+        pretrained, tmp_path, monkeypatch):
+    import json
+
+    from sslx.config import eval_config
+    from sslx.evaluators import common
+    from sslx.stages import linear_eval
+    from test_pretrain import Interrupted
+    c = eval_config()
+    c.pretrained, c.eval_batch_size, c.embedding_map_points = str(pretrained), 304, 0
+    c.linear.mode, c.linear.epochs, c.linear.batch_size = "protocol", 1, 256     # 1,437 digits: 5 steps
+    c.linear.log_every_steps, c.linear.checkpoint_every_steps = 1, 2
+    reference = linear_eval.run_linear_eval(c, str(tmp_path / "reference"))
+    original, remaining = common.labelled_batches, iter(range(3))
+
+    def dying(*args, **kwargs):
+        stream = original(*args, **kwargs)
+        next_batch = stream.__next__
+
+        class Dying:   # the input dies after three batches, as a pre-empted job's would
+            position = property(lambda self: stream.position)
+            skipped = property(lambda self: stream.skipped)
+
+            def __next__(self):
+                if next(remaining, None) is None:
+                    raise Interrupted
+                return next_batch()
+        return Dying()
+
+    with monkeypatch.context() as patched:
+        patched.setattr(linear_eval.common, "labelled_batches", dying)
+        with pytest.raises(Interrupted):
+            linear_eval.run_linear_eval(c, str(tmp_path / "run"))
+    resumed = linear_eval.run_linear_eval(c, str(tmp_path / "run"))
+    assert resumed["top1"] == reference["top1"] and resumed["top5"] == reference["top5"]
+    [directory] = (tmp_path / "run" / "classifiers").iterdir()
+    assert directory.name.startswith("lr0.1-train-")
+    assert_bitwise_equal(directory, tmp_path / "reference" / "classifiers" / directory.name, step=5)
+    steps = [json.loads(line)["step"] for line in (directory / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5]
+    # Finished: a rerun reads the last checkpoint and trains nothing (no batch is drawn).
+    with monkeypatch.context() as patched:
+        patched.setattr(linear_eval.common, "labelled_batches", lambda *a, **k: iter(()))
+        assert linear_eval.run_linear_eval(c, str(tmp_path / "run"))["top1"] == reference["top1"]

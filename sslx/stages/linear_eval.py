@@ -2,7 +2,9 @@
 
 protocol: the papers' recipe. Every step pushes random crop + flip views (crop area in
   [config.linear.crop_area_min, 1]) through the frozen encoder (eval-mode BN) and takes a momentum-SGD step on
-  the classifier, data-parallel over the mesh.
+  the classifier, data-parallel over the mesh, in the stages' resumable loop: each classifier checkpoints under
+  WORKDIR/classifiers/<rate, split, hash of the encoder and config>/, so a stopped run continues where it left off
+  (SIGTERM included) and a finished one is not retrained.
 fast: features of centre crops are extracted once, sharded over the devices, and the classifier trains on the
   cached features with the same optimizer, batch and epochs (or by full-batch L-BFGS).
 With several learning rates, each is trained on train minus a held-out class-balanced split, the best on that
@@ -10,6 +12,8 @@ split retrains on all of train, and the test split is reported.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from typing import Any, Callable
 
@@ -17,10 +21,11 @@ import jax
 import ml_collections
 import numpy as np
 import optax
+from etils import epath
 from jax import lax
 from jax.sharding import Mesh
 
-from sslx import data, metrics, parallel, paths, plots
+from sslx import data, metrics, parallel, paths, plots, resume
 from sslx import workdir as workdir_lib
 from sslx.evaluators import baselines, common, linear, subsets
 from sslx.evaluators.encoders import check_head_layer, load_pretrained
@@ -28,6 +33,8 @@ from sslx.train import TrainState, make_step, new_state
 
 MODES = ("protocol", "fast")
 SOLVERS = ("sgd", "lbfgs")
+# Keys that change neither a classifier nor its data: a rerun with other values continues the same checkpoints.
+NOT_TRAINING_KEYS = ("eval_batch_size", "features_dir", "embedding_map_points", "distributed")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -44,6 +51,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                          "(0.08: SimCLR's crops; 1: flips only)")
     if config.linear.epochs <= 0:
         raise ValueError(f"config.linear.epochs={config.linear.epochs} must be positive")
+    common.check_loop_keys(config.linear, "linear")
     baselines.check_baseline(config)
 
 
@@ -66,9 +74,10 @@ def make_probe_step(apply: Callable, standardize: Callable, optimizer: optax.Gra
 class LinearEval:
     """The frozen encoder, the data and the cached eval-preprocessed features the classifiers are scored on."""
 
-    def __init__(self, config: ml_collections.ConfigDict):
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
         validate(config)
         self.config = config
+        self.workdir = paths.as_path(workdir)
         self.mesh = parallel.make_mesh()
         parallel.check_divisible(config.linear.batch_size, self.mesh.size, "config.linear.batch_size")
         self.pretrained = load_pretrained(config.pretrained, config.step, self.mesh)
@@ -103,25 +112,41 @@ class LinearEval:
         images = jax.ShapeDtypeStruct((1, size, size, 3), np.float32)
         return jax.eval_shape(lambda x: self.apply(self.variables, x), images).shape[1]
 
+    def classifier_dir(self, base_lr: float, held_out: bool) -> epath.Path:
+        """Where the classifier of `base_lr` trained on train less the held-out split (or on all of train)
+        checkpoints: named by everything it depends on, so a rerun continues only its own run."""
+        setup = {k: v for k, v in self.config.to_dict().items() if k not in NOT_TRAINING_KEYS}
+        key = json.dumps({"variables": common.variables_digest(self.variables), "config": setup,
+                          "data": self.data.to_dict(), "rate": base_lr, "held_out": held_out},
+                         sort_keys=True, default=str)
+        name = f"lr{base_lr:g}-{'fit' if held_out else 'train'}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+        return self.workdir / "classifiers" / name
+
     def train_protocol(self, indices: np.ndarray | None, num_train: int, base_lr: float) -> dict[str, jax.Array]:
-        """Classifier trained on augmented crops of `indices` (None: all of train) through the frozen encoder."""
+        """Classifier trained on augmented crops of `indices` (None: all of train) through the frozen encoder, in
+        the resumable loop with checkpoints under `classifier_dir`."""
         cfg = self.config.linear
         optimizer = self.optimizer(base_lr, num_train)
         step_fn = make_probe_step(self.apply, self.standardize, optimizer, self.mesh)
         classifier = linear.init_classifier(self.feature_dim(), self.num_classes)
         state = parallel.replicate(new_state(classifier, {}, optimizer), self.mesh)
-        total = self.total_steps(num_train)
-        batches = common.labelled_batches(self.data, self.data.train_split, indices, cfg.batch_size,
-                                          self.config.seed, spec=data.crop_flip_spec(cfg.crop_area_min))
-        progress = metrics.Progress(total, cfg.batch_size)
-        log_every = max(total // 10, 1)
-        for step in range(1, total + 1):
-            batch = next(batches)
-            batch = parallel.shard_batch({"image": batch["image"], "label": batch["label"]}, self.mesh)
-            state, step_metrics = step_fn(state, batch, self.variables)
-            if step % log_every == 0 or step == total:
-                metrics.log(progress.line(step, float(step_metrics["loss"])))
-        return state.params
+
+        def feed(start_step: int, saved: dict) -> resume.Feed:
+            stream = common.labelled_batches(self.data, self.data.train_split, indices, cfg.batch_size,
+                                             self.config.seed, spec=data.crop_flip_spec(cfg.crop_area_min),
+                                             start=resume.stream_start(saved, "train"), first_batch=start_step)
+            return resume.Feed({"train": stream}, lambda batches: parallel.shard_batch(
+                {"image": batches["train"]["image"], "label": batches["train"]["label"]}, self.mesh),
+                skipped_before=saved.get("skipped_records", 0))
+
+        def train(checkpointer, writer):
+            return resume.train_loop(state, lambda s, batch, step: step_fn(s, batch, self.variables), feed,
+                                     checkpointer, writer, cfg, total_steps=self.total_steps(num_train),
+                                     hint="Lower config.linear.learning_rates.")[0]
+
+        directory = self.classifier_dir(base_lr, held_out=indices is not None)
+        directory.mkdir(parents=True, exist_ok=True)
+        return resume.train_with_sinks(directory, cfg, train).params
 
     def train_fast(self, features: np.ndarray, labels: np.ndarray, base_lr: float) -> dict[str, jax.Array]:
         cfg = self.config.linear
@@ -154,8 +179,15 @@ def run_linear_eval(config: ml_collections.ConfigDict, workdir: str) -> dict[str
     """The `sslx-linear-eval` stage: writes results.json (top-1/top-5 on the eval split) and returns it."""
     started = time.perf_counter()
     workdir_lib.check_writable(workdir)  # before the features: a bad --workdir costs nothing
-    run = LinearEval(config)
-    cfg = config.linear
+    lock = workdir_lib.Lock(workdir)     # the protocol's classifiers checkpoint in it: one run at a time
+    try:
+        return linear_eval(LinearEval(config, workdir), started)
+    finally:
+        lock.release()
+
+
+def linear_eval(run: LinearEval, started: float) -> dict[str, Any]:
+    config, workdir, cfg = run.config, run.workdir, run.config.linear
     metrics.log(f"linear eval ({cfg.mode}) of {common.features_title(config, run.pretrained)} "
                 f"({run.pretrained.workdir}) on "
                 f"{run.data.name}: {cfg.epochs} epochs, batch {cfg.batch_size}, rates {tuple(cfg.learning_rates)}")
@@ -177,4 +209,4 @@ def run_linear_eval(config: ml_collections.ConfigDict, workdir: str) -> dict[str
                                   config.baseline)
     results.update(linear.classifier_accuracy(classifier, test_features, test_labels), mode=cfg.mode,
                    learning_rate=float(rate), epochs=cfg.epochs, **sweep)
-    return common.finish(paths.as_path(workdir), results, started)
+    return common.finish(workdir, results, started)

@@ -120,6 +120,17 @@ def _config_spec(argv: list[str]) -> tuple[int, str] | None:
     return None
 
 
+def _method_override(argv: list[str]) -> str:
+    """The last `--config.method` value on the command line ("" if none)."""
+    method = ""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config.method="):
+            method = arg.split("=", 1)[1]
+        elif arg == "--config.method" and i + 1 < len(argv):
+            method = argv[i + 1]
+    return method
+
+
 def _with_recipe_path(argv: list[str], index: int, spec: str) -> list[str]:
     """argv with the recipe name or path replaced by its file (a `:argument` suffix kept)."""
     from sslx.config import resolve_recipe
@@ -154,6 +165,7 @@ def _parse(name: str, argv: list[str]):
     """Parses `--config` (executed, overrides applied, locked: no new keys) and the program's required output
     flag (`--workdir`, or `--out`); returns (config, its value). `--help` and `--print_config` print and exit here.
     """
+    from sslx import config as config_lib
     program = PROGRAMS[name]
     if any(arg in HELP_FLAGS for arg in argv[1:]):
         print(usage(program))
@@ -173,17 +185,23 @@ def _parse(name: str, argv: list[str]):
     config_flags.DEFINE_config_file("config", None, "Recipe file (configs/*.py) returning a ConfigDict.",
                                     flag_values=flag_values, lock_config=True)
     flags.DEFINE_string(program.out_flag, None, program.out_help, flag_values=flag_values)
+    method = _method_override(argv)
     try:
-        flag_values(argv)
-        config = flag_values.config
-        config.to_dict()  # the recipe loads lazily: surface its errors here
+        if method:
+            from sslx.methods import method_class
+            method_class(method)   # an unknown name or a module that does not import: one line, now
+        with config_lib.method_override(method):   # its config section exists before the overrides apply
+            flag_values(argv)
+            config = flag_values.config
+            config.to_dict()  # the recipe loads lazily: surface its errors here
         if printing:
             print(config, end="")
             sys.exit(0)
         if not flag_values[program.out_flag].value:
             raise ValueError(f"--{program.out_flag} is required: pass {program.out_help.split(';')[0]}")
     except (KeyError, AttributeError):  # how ml_collections reports a key the recipe lacks
-        _fail(name, ValueError(_unknown_key_message(program, recipe, argv)))
+        with config_lib.method_override(method):
+            _fail(name, ValueError(_unknown_key_message(program, recipe, argv)))
     except PARSE_ERRORS as error:
         _fail(name, error)
     except Exception as error:  # noqa: BLE001 - the recipe's own code failed: show where in the recipe

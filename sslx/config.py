@@ -1,10 +1,12 @@
 """The base pretraining config every recipe in configs/ starts from, and its up-front validation."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib.util
 import os
 import pathlib
-from typing import Any
+from typing import Any, Iterator
 
 import ml_collections
 
@@ -46,9 +48,27 @@ def load_recipe(path: str | os.PathLike) -> ml_collections.ConfigDict:
     return module.get_config()
 
 
-def base_config() -> ml_collections.ConfigDict:
+# The method --config.method names on the command line, while sslx.cli loads the recipe (see method_override).
+_METHOD_OVERRIDE: contextvars.ContextVar[str] = contextvars.ContextVar("method_override", default="")
+
+
+@contextlib.contextmanager
+def method_override(method: str) -> Iterator[None]:
+    """Recipes loaded inside also get the config section of `method`: how `--config.method=<module>:<Class>` on
+    the command line gives a recipe written for another method that method's section before the
+    `--config.<section>.<key>=` overrides apply."""
+    token = _METHOD_OVERRIDE.set(method)
+    try:
+        yield
+    finally:
+        _METHOD_OVERRIDE.reset(token)
+
+
+def base_config(method: str = "simclr") -> ml_collections.ConfigDict:
+    """Every pretraining key with its default. `method` is config.method: a registered name, or a method of your
+    own, '<module>:<Class>', whose config section this adds beside those of the registered methods."""
     c = ml_collections.ConfigDict()
-    c.method = "simclr"
+    c.method = method
     c.seed = 0
     c.batch_size = 512            # global batch over all devices and processes
     c.total_steps = -1            # > 0 wins over epochs
@@ -109,48 +129,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.predictor.num_layers = 0    # 0: no predictor; methods with one need >= 1
     c.predictor.hidden_dim = -1   # -1: the projection width
 
-    c.byol = ml_collections.ConfigDict()
-    c.byol.tau_base = 0.996       # target EMA rate at step 0, raised to 1 by a cosine
-
-    c.moco = ml_collections.ConfigDict()
-    c.moco.momentum = 0.999       # key-encoder EMA rate (v2 constant; v3 its start, raised to 1 by a cosine)
-    c.moco.queue_size = 65536     # v2: negatives kept; a multiple of batch_size
-    c.moco.shuffle_bn = False     # v2: shuffle the key batch across replicas (needs model.bn='replica')
-
-    # DINO and SwAV's defaults are their reference code's (facebookresearch/dino main_dino.py, facebookresearch/swav
-    # main_swav.py); they live here with every other method's until methods own their config sections.
-    c.dino = ml_collections.ConfigDict()
-    c.dino.out_dim = 65536        # K, the last layer's outputs
-    c.dino.hidden_dim = 2048      # the head's MLP width
-    c.dino.bottleneck_dim = 256   # l2-normalised before the weight-normalised last layer
-    c.dino.use_bn_in_head = False
-    c.dino.norm_last_layer = True  # the last layer's weight norm stays 1; False learns it (ViT-S recipes)
-    c.dino.momentum_teacher = 0.996   # teacher EMA rate at step 0, raised to 1 by a cosine
-    c.dino.student_temperature = 0.1
-    c.dino.teacher_temperature = 0.04
-    c.dino.warmup_teacher_temperature = 0.04   # the teacher's temperature rises linearly from this ...
-    c.dino.warmup_teacher_temperature_epochs = 0   # ... over these epochs (per epoch, as the reference)
-    c.dino.center_momentum = 0.9
-    c.dino.freeze_last_layer_epochs = 1.0   # the last layer is not updated in these first epochs
-
-    c.swav = ml_collections.ConfigDict()
-    c.swav.num_prototypes = 3000
-    c.swav.temperature = 0.1
-    c.swav.epsilon = 0.05         # Sinkhorn-Knopp's entropic regularisation
-    c.swav.sinkhorn_iterations = 3
-    c.swav.queue_length = 0       # > 0: features of earlier batches join the assignment (small batches); global
-                                  # size, a multiple of batch_size
-    c.swav.queue_start_epoch = 15.0   # the queue fills from this epoch and joins once full
-    c.swav.freeze_prototypes_epochs = 1.0   # the prototypes are not updated in these first epochs
-
-    c.barlow_twins = ml_collections.ConfigDict()
-    c.barlow_twins.lambda_offdiag = 5e-3
-
-    c.vicreg = ml_collections.ConfigDict()
-    c.vicreg.sim_coeff = 25.0     # lambda
-    c.vicreg.std_coeff = 25.0     # mu
-    c.vicreg.cov_coeff = 1.0      # nu
-
     c.loss = ml_collections.ConfigDict()
     c.loss.temperature = 0.5
     c.loss.chunk_size = 0         # > 0: NT-Xent over chunks of this many candidate columns (huge global batches)
@@ -190,7 +168,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 3
     c.distributed = distributed_config()
+    add_method_sections(c, method, _METHOD_OVERRIDE.get())
     return c
+
+
+def add_method_sections(c: ml_collections.ConfigDict, *methods: str) -> None:
+    """Each method's own section (config.byol, config.dino, ...: Method.default_config, next to its code), for the
+    registered methods and the external `methods`."""
+    from sslx import methods as methods_lib   # here, not at the top: sslx.methods imports this module
+    for section, defaults in methods_lib.config_sections(*filter(None, methods)).items():
+        if section in c:
+            raise ValueError(f"config.{section} is a shared section: a method's config_section needs a name of "
+                             f"its own")
+        c[section] = defaults
 
 
 def distributed_config() -> ml_collections.ConfigDict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import ml_collections
 
 from sslx.losses import barlow_twins, embedding_std
 from sslx.methods.base import Method, Metrics, views
@@ -12,6 +13,13 @@ from sslx.parallel import BATCH_AXIS
 
 
 class BarlowTwins(Method):
+    name = config_section = "barlow_twins"
+
+    @classmethod
+    def default_config(cls) -> ml_collections.ConfigDict:
+        c = ml_collections.ConfigDict()
+        c.lambda_offdiag = 5e-3
+        return c
 
     def loss(self, params: Any, batch_stats: Any, extra: Any, batch: dict[str, jax.Array],
              rng: jax.Array, step: jax.Array) -> tuple[jax.Array, tuple[Any, Metrics, Any]]:

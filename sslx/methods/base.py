@@ -98,9 +98,17 @@ def check_batch(batch: dict[str, Any]) -> None:
 
 
 class Method(abc.ABC):
-    """Base class; subclasses register themselves in sslx.methods.METHODS."""
+    """Base class. A subclass with a `name`, in a module of sslx.methods, is found there and selected by
+    config.method=<name>; one anywhere else on the Python path by config.method='<module>:<Class>'."""
+    name = ""               # its config.method value (methods of the sslx.methods package)
+    config_section = ""     # its own config section, config.<config_section>, holding default_config()
     has_predictor = False   # whether config.predictor applies
     multi_crop = False      # whether it reads any number of views (config.augment.crops); else exactly two
+
+    @classmethod
+    def default_config(cls) -> ml_collections.ConfigDict:
+        """The defaults of config.<config_section> (sslx.config.base_config adds them to every config)."""
+        return ml_collections.ConfigDict()
 
     def __init__(self, config: ml_collections.ConfigDict, num_classes: int, total_steps: int,
                  steps_per_epoch: int = 0):
@@ -109,6 +117,10 @@ class Method(abc.ABC):
         self.num_classes = max(num_classes, 0) if config.probe.online else 0
         self.total_steps = total_steps   # for schedules inside the method (EMA momentum, ...)
         self.steps_per_epoch = steps_per_epoch   # for settings given in epochs (0: unknown)
+        if self.config_section and self.config_section not in config:
+            raise ValueError(f"config.{self.config_section}, the section of config.method={config.method!r}, is "
+                             f"missing: start the recipe from sslx.config.base_config(method={config.method!r}) "
+                             f"(--config.method on the command line adds it too)")
         self.validate()
 
     def validate(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import ml_collections
 
 from sslx.losses import byol_regression, embedding_std
 from sslx.methods.base import Metrics, views
@@ -11,7 +12,14 @@ from sslx.methods.target import MomentumTargetMethod, cosine_momentum
 
 
 class BYOL(MomentumTargetMethod):
+    name = config_section = "byol"
     has_predictor = True
+
+    @classmethod
+    def default_config(cls) -> ml_collections.ConfigDict:
+        c = ml_collections.ConfigDict()
+        c.tau_base = 0.996            # target EMA rate at step 0, raised to 1 by a cosine
+        return c
 
     def momentum(self, step: jax.Array) -> jax.Array:
         return cosine_momentum(step, self.total_steps, self.config.byol.tau_base)

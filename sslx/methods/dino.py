@@ -14,6 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 from sslx import models, optim
@@ -26,7 +27,26 @@ LAST_LAYER = "head/last_layer"
 
 
 class DINO(MomentumTargetMethod):
+    name = config_section = "dino"
     multi_crop = True
+
+    @classmethod
+    def default_config(cls) -> ml_collections.ConfigDict:
+        """The reference code's defaults (facebookresearch/dino main_dino.py)."""
+        c = ml_collections.ConfigDict()
+        c.out_dim = 65536             # K, the last layer's outputs
+        c.hidden_dim = 2048           # the head's MLP width
+        c.bottleneck_dim = 256        # l2-normalised before the weight-normalised last layer
+        c.use_bn_in_head = False
+        c.norm_last_layer = True      # the last layer's weight norm stays 1; False learns it (ViT-S recipes)
+        c.momentum_teacher = 0.996    # teacher EMA rate at step 0, raised to 1 by a cosine
+        c.student_temperature = 0.1
+        c.teacher_temperature = 0.04
+        c.warmup_teacher_temperature = 0.04     # the teacher's temperature rises linearly from this ...
+        c.warmup_teacher_temperature_epochs = 0   # ... over these epochs (per epoch, as the reference)
+        c.center_momentum = 0.9
+        c.freeze_last_layer_epochs = 1.0        # the last layer is not updated in these first epochs
+        return c
 
     def validate(self) -> None:
         super().validate()

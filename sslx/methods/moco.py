@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from jax import lax
 
 from sslx.losses import embedding_std, info_nce_queue, l2_normalize, moco_v3_contrastive
@@ -36,7 +37,21 @@ def shuffled_apply(fn: Callable[[jax.Array], tuple[jax.Array, Any]], images: jax
     return lax.dynamic_slice_in_dim(restored, offset, n), aux
 
 
-class MoCoV2(MomentumTargetMethod):
+class MoCo(MomentumTargetMethod):
+    """What MoCo v2 and v3 share: the section config.moco."""
+    config_section = "moco"
+
+    @classmethod
+    def default_config(cls) -> ml_collections.ConfigDict:
+        c = ml_collections.ConfigDict()
+        c.momentum = 0.999            # key-encoder EMA rate (v2 constant; v3 its start, raised to 1 by a cosine)
+        c.queue_size = 65536          # v2: negatives kept; a multiple of batch_size
+        c.shuffle_bn = False          # v2: shuffle the key batch across replicas (needs model.bn='replica')
+        return c
+
+
+class MoCoV2(MoCo):
+    name = "mocov2"
 
     def validate(self) -> None:
         super().validate()
@@ -85,7 +100,8 @@ class MoCoV2(MomentumTargetMethod):
         return {**super().after_update(state, outputs), "queue": queue}
 
 
-class MoCoV3(MomentumTargetMethod):
+class MoCoV3(MoCo):
+    name = "mocov3"
     has_predictor = True
 
     def momentum(self, step: jax.Array) -> jax.Array:

@@ -13,6 +13,7 @@ from sslx.parallel import BATCH_AXIS
 
 class SimCLR(Method):
     """v1 or v2 is the head (config.head.version); the loss and loop are the same."""
+    name = "simclr"
 
     def embed(self, params: Any, batch_stats: Any, batch: dict[str, jax.Array],
               rng: jax.Array | None = None) -> tuple[Any, Any]:

@@ -14,6 +14,7 @@ from sslx.methods.base import Method, Metrics, views
 
 
 class SimSiam(Method):
+    name = "simsiam"
     has_predictor = True
 
     def loss(self, params: Any, batch_stats: Any, extra: Any, batch: dict[str, jax.Array],

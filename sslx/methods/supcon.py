@@ -14,6 +14,7 @@ from sslx.parallel import BATCH_AXIS
 
 
 class SupCon(Method):
+    name = "supcon"
 
     def loss(self, params: Any, batch_stats: Any, extra: Any, batch: dict[str, jax.Array],
              rng: jax.Array, step: jax.Array) -> tuple[jax.Array, tuple[Any, Metrics, Any]]:

@@ -14,6 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from jax import lax
 
@@ -58,7 +59,22 @@ def renormalize_prototypes() -> optax.GradientTransformation:
 
 
 class SwAV(Method):
+    name = config_section = "swav"
     multi_crop = True
+
+    @classmethod
+    def default_config(cls) -> ml_collections.ConfigDict:
+        """The reference code's defaults (facebookresearch/swav main_swav.py)."""
+        c = ml_collections.ConfigDict()
+        c.num_prototypes = 3000
+        c.temperature = 0.1
+        c.epsilon = 0.05              # Sinkhorn-Knopp's entropic regularisation
+        c.sinkhorn_iterations = 3
+        c.queue_length = 0            # > 0: features of earlier batches join the assignment (small batches); global
+                                      # size, a multiple of batch_size
+        c.queue_start_epoch = 15.0    # the queue fills from this epoch and joins once full
+        c.freeze_prototypes_epochs = 1.0        # the prototypes are not updated in these first epochs
+        return c
 
     def validate(self) -> None:
         super().validate()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import ml_collections
 
 from sslx.losses import embedding_std, vicreg
 from sslx.methods.base import Method, Metrics, views
@@ -12,6 +13,15 @@ from sslx.parallel import BATCH_AXIS
 
 
 class VICReg(Method):
+    name = config_section = "vicreg"
+
+    @classmethod
+    def default_config(cls) -> ml_collections.ConfigDict:
+        c = ml_collections.ConfigDict()
+        c.sim_coeff = 25.0            # lambda
+        c.std_coeff = 25.0            # mu
+        c.cov_coeff = 1.0             # nu
+        return c
 
     def loss(self, params: Any, batch_stats: Any, extra: Any, batch: dict[str, jax.Array],
              rng: jax.Array, step: jax.Array) -> tuple[jax.Array, tuple[Any, Metrics, Any]]:

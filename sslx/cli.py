@@ -224,8 +224,9 @@ def _recipe_failed(program: str, recipe: str, error: Exception) -> None:
 
 
 def run_program(name: str, load: Callable[[], Callable[[Any, str], Any]]) -> None:
-    """An entry point from parsing to exit: parses first, so that --help, --print_config and flag errors answer
-    before JAX and TF load; `load()` then gives the function run on (config, workdir) in the distributed run.
+    """An entry point from parsing to exit: parses first, so that --help answers before JAX loads, and
+    --print_config and flag errors before TF loads or JAX starts a backend (the methods' config sections import
+    JAX: ~1 s); `load()` then gives the function run on (config, workdir) in the distributed run.
     A preemption is a clean exit, a bad input one line."""
     logging.set_verbosity(logging.WARNING)
     config, workdir = _parse(name, sys.argv)

@@ -1,4 +1,5 @@
-"""The console scripts answer --help and --print_config before JAX or TF load, and recipes resolve by name."""
+"""The console scripts answer --help before JAX loads and --print_config before TF loads, and recipes resolve by
+name."""
 import pathlib
 import re
 import subprocess
@@ -41,6 +42,17 @@ def test_print_config_resolves_a_recipe_by_name_with_overrides(tmp_path):
     assert run_cli("sslx-knn", "--config", "configs/knn_cifar10.py", "--print_config", cwd=tmp_path).returncode == 0
 
 
+def test_help_loads_no_jax_and_print_config_no_tensorflow():
+    code = ("import sys, contextlib, io; from sslx import cli\n"
+            "for argv in (['p', '--help'], ['p', '--config', 'simclr_cifar10', '--print_config']):\n"
+            "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+            "        cli._parse('sslx-pretrain', argv)\n"
+            "    print('jax' in sys.modules, 'tensorflow' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert done.stdout.split("\n")[:2] == ["False False", "True False"], done.stderr
+
+
 @pytest.mark.parametrize("program,args,expected", [
     ("sslx-pretrain", ("--config", "configs/quickstart.py", "--config.batchsize=3"),
      "sslx-pretrain: error: unknown config key 'batchsize' (--config.batchsize=3): config has no such key; "
@@ -50,6 +62,11 @@ def test_print_config_resolves_a_recipe_by_name_with_overrides(tmp_path):
      "sslx-distill: error: unknown config key 'temprature' (--config.distill.temprature=2): config.distill has no "
      "such key; did you mean config.distill.temperature? the keys are defined in distill_config() in "
      "sslx/config.py and distill_cifar10; --print_config lists them"),
+    ("sslx-pretrain", ("--config", "quickstart", "--config.method=simclrr"),
+     "sslx-pretrain: error: config.method='simclrr' is unknown; use one of ['barlow_twins', "),
+    ("sslx-pretrain", ("--config", "quickstart", "--config.method=my_methods.nnclr:NNCLR"),
+     "sslx-pretrain: error: config.method='my_methods.nnclr:NNCLR': module 'my_methods.nnclr' does not import "
+     "(No module named 'my_methods'); put the folder that holds it on PYTHONPATH"),
     ("sslx-knn", ("--config", "knn_cifar11"), "recipe knn_cifar11 not found"),
     ("sslx-knn", (), "--config is required: pass a recipe such as --config knn_cifar10"),
 ])

@@ -44,9 +44,10 @@ class Program:
 
 
 EVAL_KEYS = "eval_config() in sslx/config.py"
+PRETRAIN_KEYS = "base_config() in sslx/config.py (a method's own section: its file in sslx/methods/)"
 PROGRAMS = {p.name: p for p in (
     Program("sslx-pretrain", "Self-supervised pretraining of an encoder (SimCLR, BYOL, MoCo, ...).", (),
-            "base_config() in sslx/config.py", "--config simclr_cifar10 --workdir gs://BUCKET/simclr_r18"),
+            PRETRAIN_KEYS, "--config simclr_cifar10 --workdir gs://BUCKET/simclr_r18"),
     Program("sslx-linear-eval", "Linear evaluation of a pretrained encoder.", ("linear_eval_",), EVAL_KEYS,
             "--config linear_eval_cifar10 --workdir DIR --config.pretrained=PRETRAIN_DIR"),
     Program("sslx-knn", "Weighted kNN evaluation of a pretrained encoder.", ("knn_",), EVAL_KEYS,
@@ -57,7 +58,7 @@ PROGRAMS = {p.name: p for p in (
             "distill_config() in sslx/config.py", "--config distill_cifar10 --workdir DIR "
             "--config.teacher=FINETUNE_DIR"),
     Program("sslx-preview", "The augmentation preview of a recipe's data and views (a PNG), no training.", (),
-            "base_config() in sslx/config.py", "--config simclr_cifar10 --out preview.png", "out", "FILE",
+            PRETRAIN_KEYS, "--config simclr_cifar10 --out preview.png", "out", "FILE",
             "the PNG file to write"),
     Program("simclrv2_recipe", "The SimCLRv2 chain (pretrain, fine-tune, distil, evaluate) under one root.",
             ("simclrv2_recipe_",), "its recipe file, whose sections are those of the stages (sslx/config.py)",

@@ -56,8 +56,8 @@ def test_help_loads_no_jax_and_print_config_no_tensorflow():
 @pytest.mark.parametrize("program,args,expected", [
     ("sslx-pretrain", ("--config", "configs/quickstart.py", "--config.batchsize=3"),
      "sslx-pretrain: error: unknown config key 'batchsize' (--config.batchsize=3): config has no such key; "
-     "did you mean config.batch_size? the keys are defined in base_config() in sslx/config.py and "
-     "configs/quickstart.py; --print_config lists them"),
+     "did you mean config.batch_size? the keys are defined in base_config() in sslx/config.py (a method's own "
+     "section: its file in sslx/methods/) and configs/quickstart.py; --print_config lists them"),
     ("sslx-distill", ("--config", "distill_cifar10", "--config.distill.temprature=2"),
      "sslx-distill: error: unknown config key 'temprature' (--config.distill.temprature=2): config.distill has no "
      "such key; did you mean config.distill.temperature? the keys are defined in distill_config() in "

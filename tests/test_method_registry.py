@@ -59,11 +59,11 @@ class AlignUniform(Method):
         return c
 
     def loss(self, params, batch_stats, extra, batch, rng, step):
-        del extra, rng, step
+        del extra, step
         cfg = self.config.align_uniform
         view1, view2 = views(batch)
         n = view1.shape[0]
-        out, stats = self.forward(params, batch_stats, jnp.concatenate([view1, view2]))
+        out, stats = self.forward(params, batch_stats, jnp.concatenate([view1, view2]), rng)
         z = l2_normalize(out["z"])
         alignment = jnp.mean(jnp.linalg.norm(z[:n] - z[n:], axis=-1) ** cfg.alpha)
         sq_dists = jnp.sum((z[:, None] - z[None]) ** 2, -1)

@@ -2,8 +2,8 @@
 
 Every module of this package is imported and each Method subclass defined there with a `name` is registered under
 it: a new method is one file here (its class, its `config_section` and `default_config()`), and no line elsewhere.
-A method kept outside sslx is named `config.method='<module>:<Class>'` (or `'<module>'` when the module defines
-one Method subclass), imported from the Python path.
+A method kept outside sslx is named `config.method='<module>:<Class>'` (or a dotted `'<package>.<module>'` that
+defines one Method subclass), imported from the Python path.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ METHODS: dict[str, type[Method]] = _discover()
 
 
 def _import_external(spec: str) -> type[Method]:
-    """The Method subclass `spec` ('<module>:<Class>' or '<module>') names, imported from the Python path."""
+    """The Method subclass `spec` ('<module>:<Class>' or '<package>.<module>') names, from the Python path."""
     module_name, _, class_name = spec.partition(":")
     try:
         module = importlib.import_module(module_name)

@@ -6,6 +6,7 @@ code 2.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import importlib
@@ -13,11 +14,9 @@ import os
 import sys
 import textwrap
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# TF >= 2.20 announces oneDNN on stderr before its log level applies; TF only feeds input, so keep its plain kernels.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -224,6 +223,28 @@ def _recipe_failed(program: str, recipe: str, error: Exception) -> None:
     sys.exit(2)
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Discards what native code writes to file descriptor 2 meanwhile; Python's own errors surface afterwards."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def import_tensorflow() -> None:
+    """Loads TensorFlow without the lines TF >= 2.20 writes to stderr while loading, before its log level applies
+    (two "oneDNN custom operations are on" notices). oneDNN stays on: with TF_ENABLE_ONEDNN_OPTS=0 the XLA-compiled
+    augmentation ran 2.3x slower per CPU-second at 224 px (docs/scaling.md)."""
+    with _native_stderr_silenced():
+        import tensorflow  # noqa: F401
+
+
 def run_program(name: str, load: Callable[[], Callable[[Any, str], Any]]) -> None:
     """An entry point from parsing to exit: parses first, so that --help answers before JAX loads, and
     --print_config and flag errors before TF loads or JAX starts a backend (the methods' config sections import
@@ -231,6 +252,7 @@ def run_program(name: str, load: Callable[[], Callable[[Any, str], Any]]) -> Non
     A preemption is a clean exit, a bad input one line."""
     logging.set_verbosity(logging.WARNING)
     config, workdir = _parse(name, sys.argv)
+    import_tensorflow()
     run = load()
     from sslx import metrics, parallel  # imports jax, which starts no backend until a device is touched
     from sslx.workdir import Preempted
@@ -255,6 +277,8 @@ def pretrain() -> None:
 
 def benchmark() -> None:
     from sslx.benchmark import main
+    if not {"-h", "--help"} & set(sys.argv[1:]):
+        import_tensorflow()
     main()
 
 
@@ -275,6 +299,7 @@ def distill() -> None:
 
 
 def make_tfrecords() -> None:
+    import_tensorflow()
     from sslx.data.make_tfrecords import main
     try:
         main(sys.argv[1:])
@@ -286,6 +311,7 @@ def preview() -> None:
     """`sslx-preview --config C --out FILE.png [--config.key=value ...]`: the augmentation preview, no training."""
     logging.set_verbosity(logging.WARNING)
     config, out = _parse("sslx-preview", sys.argv)
+    import_tensorflow()
     from sslx import config as config_lib, plots
     try:
         config_lib.validate_data(config.data)
@@ -308,6 +334,7 @@ def plot() -> None:
 def _run_tool(program: str, main: Callable[[list[str]], None]) -> None:
     """A tool with its own argparse flags (embed, export, import): its user errors become one line."""
     logging.set_verbosity(logging.WARNING)
+    import_tensorflow()
     try:
         main(sys.argv[1:])
     except RUN_ERRORS as error:

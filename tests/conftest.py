@@ -5,7 +5,6 @@ import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # as sslx.cli sets it: the same TF kernels in and out of tests
 # Most test time is XLA:CPU compiling. Non-partitionable threefry compiles a network's random init about 3x
 # faster (the values differ; no test depends on them), and a compilation cache shared by the xdist workers of
 # one run lets a program compiled by one test (a resumed run, the same tiny config) be reused by the next.

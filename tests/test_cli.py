@@ -79,6 +79,14 @@ def test_bad_flags_give_one_clean_line(program, args, expected):
     assert len(lines) == 1 and expected in lines[0] and "\\" not in lines[0], done.stderr
 
 
+def test_an_error_after_tensorflow_loads_is_the_only_line_on_stderr(tmp_path):
+    """TF announces oneDNN on stderr while it loads, below its log level; the stages load it with that silenced."""
+    done = run_cli("sslx-knn", "--config", "knn_cifar10", "--workdir", str(tmp_path / "knn"),
+                   f"--config.pretrained={tmp_path / 'never-pretrained'}")
+    assert done.returncode == 2
+    assert done.stderr.startswith("sslx-knn: error: ") and done.stderr.count("\n") == 1, done.stderr
+
+
 def test_every_shipped_recipe_loads_by_name(tmp_path, monkeypatch):
     names = recipe_names()
     assert "quickstart" in names and "__init__" not in names and len(names) == len(list(REPO.glob("configs/*.py"))) - 1

@@ -14,8 +14,9 @@ LayerNorm only, no BatchNorm and no dropout; stochastic depth (`drop_path_rate`,
 ViT-S/16) skips each block's residual branches for a random share of the examples, at rates rising linearly from 0
 in the first block to `drop_path_rate` in the last, in train mode when the caller passes a 'dropout' rng (the online
 network in pretraining, `sslx.methods.base.Method.forward`); without one (EMA teachers and targets, as DINO's teacher
-has no drop path; evaluation) the encoder is deterministic. It has no `batch_stats`. Dense kernels, the class token and the position embeddings start from a normal of std 0.02
-truncated at two std (DINO's and timm's init). Computation runs in `dtype`; parameters are float32.
+has no drop path; evaluation) the encoder is deterministic. It has no `batch_stats`. Dense kernels, the class
+token and the position embeddings start from a normal of std 0.02 truncated at two std (DINO's and timm's init).
+Computation runs in `dtype`; parameters are float32.
 """
 from typing import Any
 

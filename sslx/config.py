@@ -302,7 +302,7 @@ def use_imagenet_resnet50(c: ml_collections.ConfigDict) -> None:
     """ImageNet at 224 px (Inception-style crops) into a bfloat16 ResNet-50: the base of every ImageNet recipe."""
     c.data.name, c.data.image_size = "imagenet2012", 224
     c.augment.preset = "imagenet"
-    # Host augmentation: a TPU v4 host's 240 vCPUs make ~2x the views its 4 chips train on at 224 px, costing the
+    # Host augmentation: a TPU v4 host's 240 vCPUs make ~4.9x the views its 4 chips train on at 224 px, costing the
     # chips nothing (docs/scaling.md, "Host or device augmentation": sslx-benchmark's feed verdict).
     c.augment.on_device = False
     c.model.name, c.model.cifar_stem, c.model.dtype = "resnet50", False, "bfloat16"

@@ -57,3 +57,17 @@ def test_pillow_peer_runs_on_imagenet_sized_jpegs(tmp_path):
     assert sources.describe(cfg, "train").image_shape == (None, None, 3)  # the variable-size path, as ImageNet
     peer = bench.pil_views_per_second(cfg, 96, seconds=0.2)
     assert peer["views_per_cpu_second"] > 0 and peer["preset"] == "imagenet"
+
+
+def test_stage_costs_time_each_host_augmentation_stage_of_variable_size_jpegs(tmp_path):
+    import ml_collections
+    from sslx.data import bench
+    cfg = ml_collections.ConfigDict({"name": "tfrecord", "path": bench.imagenet_like_records(str(tmp_path), 4),
+                                     "num_classes": -1})
+    costs = bench.stage_costs(cfg, 96, 4, batches=1)
+    assert list(costs["cpu_ms_per_view"]) == ["crop", "colour", "blur"]   # the imagenet preset blurs
+    assert all(ms > 0 for ms in costs["cpu_ms_per_view"].values())
+    assert costs["total_cpu_ms_per_view"] == pytest.approx(sum(costs["cpu_ms_per_view"].values()), abs=2e-3)
+    fixed = ml_collections.ConfigDict({"name": "digits", "num_classes": -1})
+    with pytest.raises(ValueError, match="variable-size encoded images"):
+        bench.stage_costs(fixed, 8, 4)

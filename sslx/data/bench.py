@@ -75,6 +75,45 @@ def device_views_per_second(input_shape: tuple[int, int], image_size: int, batch
             "image_size": image_size, "input_shape": input_shape, "batch": batch, "preset": preset}
 
 
+def stage_costs(data_cfg, image_size: int, local_batch: int, *, batches: int = 8,
+                preset: str | None = None) -> dict:
+    """CPU milliseconds per view of each stage of the host augmentation of variable-size JPEGs (the ImageNet path):
+    'crop' the per-image windowed decode, crop, flip and resize of two views (tf.data on every core), then, timed on
+    those views one batch after another, each stage of `augment.batch_stages` ('colour', 'blur')."""
+    import tensorflow as tf
+    preset = preset or _default_preset(image_size)
+    spec = augment.PRESETS[preset]()
+    source = sources.load_split(data_cfg, data_cfg.get("train_split", "train"))
+    shape = sources.describe(data_cfg, data_cfg.get("train_split", "train")).image_shape
+    if source.encoded is None or None not in shape[:2]:
+        raise ValueError(f"stage costs need variable-size encoded images (the per-image crop path); "
+                         f"{data_cfg.get('path') or data_cfg.name} is not")
+    seeds = tf.data.Dataset.counter().map(lambda i: tf.stack([i, 0]))
+    crops = tf.data.Dataset.zip((source.records.map(source.encoded).repeat(), seeds)).map(
+        lambda example, seed: augment.random_crops(example["image"], (spec, spec), seed, (image_size,) * 2),
+        num_parallel_calls=tf.data.AUTOTUNE).batch(local_batch)
+    crop_batches = iter(crops)
+    costs = {"crop": _cpu_ms_per_view(lambda: next(crop_batches), batches, 2 * local_batch)}
+    views = next(crop_batches)[0]
+    cropped = augment.after_crop(spec)
+    params = augment.sample_params(cropped, tf.constant([1, 2], tf.int64), local_batch, image_size, image_size)
+    for name, stage in augment.batch_stages(cropped, image_size).items():
+        costs[name] = _cpu_ms_per_view(lambda: stage(views, params).numpy(), batches, local_batch)
+        views = stage(views, params)   # the next stage's input
+    return {"mode": "host augmentation stages", "image_size": image_size, "preset": preset, "dataset": data_cfg.name,
+            "cpu_ms_per_view": costs, "total_cpu_ms_per_view": round(sum(costs.values()), 3)}
+
+
+def _cpu_ms_per_view(make_batch, count: int, views_per_batch: int) -> float:
+    """CPU milliseconds of this process per view over `count` calls of `make_batch`, after two."""
+    for _ in range(2):
+        make_batch()
+    start = time.process_time()
+    for _ in range(count):
+        make_batch()
+    return round((time.process_time() - start) * 1e3 / (count * views_per_batch), 3)
+
+
 def imagenet_like_records(directory: str, count: int = 512, seed: int = 0) -> str:
     """Writes `count` JPEGs of ImageNet's typical sizes (shorter side 300-500 px, width / height log-uniform in
     [3/4, 3/2], quality 90) as DIRECTORY/train-00000-of-00001.tfrecord, cut from the two photographs bundled with
@@ -232,9 +271,15 @@ def main() -> None:
     parser.add_argument("--local_batch", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--cache", action="store_true", help="decode once and keep the images in memory")
+    parser.add_argument("--stages", action="store_true",
+                        help="instead: CPU ms per view of each host augmentation stage (variable-size JPEGs)")
     args = parser.parse_args()
     cfg = ml_collections.ConfigDict({"name": "tfrecord", "path": args.path, "shuffle_buffer": 10_000,
                                      "cache": args.cache, "num_classes": -1})
+    if args.stages:
+        for image_size in args.image_size:
+            print(json.dumps(stage_costs(cfg, image_size, args.local_batch)), flush=True)
+        return
     for image_size in args.image_size:
         for result in all_modes(cfg, image_size, args.local_batch, seconds=args.seconds):
             print(json.dumps(result), flush=True)

@@ -239,8 +239,8 @@ def _native_stderr_silenced() -> Iterator[None]:
 
 def import_tensorflow() -> None:
     """Loads TensorFlow without the lines TF >= 2.20 writes to stderr while loading, before its log level applies
-    (two "oneDNN custom operations are on" notices). oneDNN stays on: with TF_ENABLE_ONEDNN_OPTS=0 the XLA-compiled
-    augmentation ran 2.3x slower per CPU-second at 224 px (docs/scaling.md)."""
+    (two "oneDNN custom operations are on" notices). oneDNN stays on: with TF_ENABLE_ONEDNN_OPTS=0 the host
+    augmentation made 2.3x fewer views per CPU-second at 224 px (docs/scaling.md)."""
     with _native_stderr_silenced():
         import tensorflow  # noqa: F401
 

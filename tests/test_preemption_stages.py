@@ -95,7 +95,10 @@ def test_protocol_linear_eval_resumes_each_classifier_bitwise_and_a_finished_one
     assert_bitwise_equal(directory, tmp_path / "reference" / "classifiers" / directory.name, step=5)
     steps = [json.loads(line)["step"] for line in (directory / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5]
-    # Finished: a rerun reads the last checkpoint and trains nothing (no batch is drawn).
+    # Finished: a rerun reads the last checkpoint and trains nothing (no batch is drawn), also with other loop
+    # settings, which do not change the classifier.
+    c.linear.log_every_steps = 5
     with monkeypatch.context() as patched:
         patched.setattr(linear_eval.common, "labelled_batches", lambda *a, **k: iter(()))
         assert linear_eval.run_linear_eval(c, str(tmp_path / "run"))["top1"] == reference["top1"]
+    assert [path.name for path in (tmp_path / "run" / "classifiers").iterdir()] == [directory.name]

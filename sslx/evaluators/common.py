@@ -36,19 +36,20 @@ def check_labelled(data_cfg, split: str) -> data.SplitInfo:
     return info
 
 
-def stage_features(fn: Callable[[jax.Array], jax.Array], variables: Any, config: ml_collections.ConfigDict,
+def stage_features(fn: Callable[[jax.Array], jax.Array], digest: str, config: ml_collections.ConfigDict,
                    pretrained: Trained, data_cfg, split: str, mesh: Mesh,
                    max_examples: int = -1) -> tuple[np.ndarray, np.ndarray]:
     """`split_features` of an evaluation stage, saved to and read back from `config.features_dir` when it is set.
 
-    The file is named by everything the features depend on: the network's variables (so a retrained workdir
-    never reads stale features), the baseline and head layer, the data section and the split. The kNN and fast
-    linear-eval stages of one encoder then decode and encode each split once.
+    The file is named by everything the features depend on: the network's variables (`digest`, their
+    `variables_digest`, hashed once per stage: a retrained workdir never reads stale features), the baseline and
+    head layer, the data section and the split. The kNN and fast linear-eval stages of one encoder then decode and
+    encode each split once.
     """
     if not config.features_dir:
         return split_features(fn, data_cfg, split, mesh, config.eval_batch_size, max_examples)
-    key = {"max_examples": max_examples, "variables": variables_digest(variables), "baseline": config.baseline, "head_layer": config.head_layer,
-           "pixel_size": config.pixel_size if config.baseline == "pixels" else None,
+    key = {"max_examples": max_examples, "variables": digest, "baseline": config.baseline,
+           "head_layer": config.head_layer, "pixel_size": config.pixel_size if config.baseline == "pixels" else None,
            "data": data_cfg.to_dict(), "split": split, "pretrained_model": pretrained.config.model.to_dict()}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     path = paths.as_path(config.features_dir) / f"{split.replace('/', '_')}-{digest}.npz"

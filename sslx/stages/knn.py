@@ -36,9 +36,10 @@ def run_knn(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     apply, variables = baselines.frozen_features(config, pretrained, mesh)
     evaluator = KnnEvaluator(config.knn, data_cfg, mesh, config.eval_batch_size, info.num_classes)
     fn = lambda images: apply(variables, images)  # noqa: E731
-    train = common.stage_features(fn, variables, config, pretrained, data_cfg, data_cfg.train_split, mesh,
+    digest = common.variables_digest(variables) if config.features_dir else ""
+    train = common.stage_features(fn, digest, config, pretrained, data_cfg, data_cfg.train_split, mesh,
                                   config.knn.train_examples)
-    test = common.stage_features(fn, variables, config, pretrained, data_cfg, data_cfg.eval_split, mesh)
+    test = common.stage_features(fn, digest, config, pretrained, data_cfg, data_cfg.eval_split, mesh)
     scores = evaluator.score(train, test)
     plots.write_embedding_map(workdir, *test, title, step=pretrained.step, max_points=config.embedding_map_points,
                               class_names=data.class_names(data_cfg, data_cfg.eval_split))

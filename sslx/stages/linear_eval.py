@@ -12,6 +12,7 @@ split retrains on all of train, and the test split is reported.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -35,6 +36,7 @@ MODES = ("protocol", "fast")
 SOLVERS = ("sgd", "lbfgs")
 # Keys that change neither a classifier nor its data: a rerun with other values continues the same checkpoints.
 NOT_TRAINING_KEYS = ("eval_batch_size", "features_dir", "embedding_map_points", "distributed")
+LOOP_KEYS = ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints")   # of config.linear, likewise
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -89,7 +91,12 @@ class LinearEval:
 
     def features(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         fn = lambda images: self.apply(self.variables, images)  # noqa: E731
-        return common.stage_features(fn, self.variables, self.config, self.pretrained, self.data, split, self.mesh)
+        return common.stage_features(fn, self.digest, self.config, self.pretrained, self.data, split, self.mesh)
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """The frozen network's `variables_digest`, hashed once for the saved features and the classifiers' names."""
+        return common.variables_digest(self.variables)
 
     def fit_standardizer(self, train_features: np.ndarray) -> None:
         """Per-dimension standardisation with train-split statistics, shared by both modes: SGD's learning rate
@@ -116,7 +123,8 @@ class LinearEval:
         """Where the classifier of `base_lr` trained on train less the held-out split (or on all of train)
         checkpoints: named by everything it depends on, so a rerun continues only its own run."""
         setup = {k: v for k, v in self.config.to_dict().items() if k not in NOT_TRAINING_KEYS}
-        key = json.dumps({"variables": common.variables_digest(self.variables), "config": setup,
+        setup["linear"] = {k: v for k, v in setup["linear"].items() if k not in LOOP_KEYS}
+        key = json.dumps({"variables": self.digest, "config": setup,
                           "data": self.data.to_dict(), "rate": base_lr, "held_out": held_out},
                          sort_keys=True, default=str)
         name = f"lr{base_lr:g}-{'fit' if held_out else 'train'}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"

@@ -16,6 +16,7 @@ import pytest
 from sslx import parallel
 from sslx.config import base_config
 from sslx.losses import nt_xent
+from sslx.methods import build_method
 from sslx.methods.base import Method, views
 from sslx.models import build_encoder
 from sslx.train import create_train_state, make_train_step
@@ -146,10 +147,14 @@ def test_micro_batch_must_divide_the_per_device_batch():
         run(init, make_batch(DEVICES * PER_DEVICE, seed=2))
 
 
-def test_method_without_the_split_names_the_key():
-    from sslx.methods.simclr import SimCLR
-    with pytest.raises(ValueError, match="config.micro_batch_size"):
-        Method.embed(SimCLR(base_config(), num_classes=10, total_steps=10), {}, {}, {})
+@pytest.mark.parametrize("method", ["byol", "dino"])
+def test_method_without_the_split_names_the_key(method):
+    config = base_config()
+    config.method, config.micro_batch_size = method, 4
+    if method == "byol":
+        config.predictor.num_layers = 2
+    with pytest.raises(ValueError, match=r"config\.micro_batch_size > 0 needs a method with embed"):
+        build_method(config, num_classes=10, total_steps=10)
 
 
 def test_remat_wraps_resnet_blocks_and_keeps_parameters():

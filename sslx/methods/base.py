@@ -131,6 +131,9 @@ class Method(abc.ABC):
         if not self.has_predictor and layers > 0:
             raise ValueError(f"config.predictor.num_layers={layers}: {self.config.method} has no predictor; set 0.")
         sizes = config_lib.view_sizes(self.config.augment, self.config.data.image_size)
+        if self.config.micro_batch_size and type(self).embed is Method.embed:
+            raise ValueError(f"config.micro_batch_size > 0 needs a method with embed/loss_from_embeddings "
+                             f"(GradCache); {self.config.method} has none: set config.micro_batch_size=0.")
         drop_path = models.drop_path_rate(self.config.model)   # one line for a rate outside [0, 1)
         if self.config.micro_batch_size and drop_path:
             raise ValueError("config.model.vit.drop_path_rate > 0 and config.micro_batch_size > 0: GradCache's "
@@ -200,15 +203,14 @@ class Method(abc.ABC):
         """Per-example network outputs of a (micro-)batch in train mode, and the updated BN statistics.
 
         With `loss_from_embeddings` this splits `loss` for GradCache (config.micro_batch_size > 0): every
-        output leaf leads with the batch axis, so micro-batch outputs concatenate to the batch's.
+        output leaf leads with the batch axis, so micro-batch outputs concatenate to the batch's. A method that
+        does not override it refuses config.micro_batch_size > 0 in `validate`.
         """
-        raise ValueError(f"config.micro_batch_size > 0 needs a method with embed/loss_from_embeddings; "
-                         f"{self.config.method} has none: set config.micro_batch_size=0.")
+        raise NotImplementedError
 
     def loss_from_embeddings(self, outputs: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, Metrics]:
         """Per-replica loss of the whole local batch from the concatenated outputs of `embed`."""
-        raise ValueError(f"config.micro_batch_size > 0 needs a method with embed/loss_from_embeddings; "
-                         f"{self.config.method} has none: set config.micro_batch_size=0.")
+        raise NotImplementedError
 
     def after_update(self, state: Any, outputs: Any) -> Any:
         """Runs per replica after the optimizer update (EMA, enqueue); returns the new extra state.

@@ -54,8 +54,6 @@ class DINO(MomentumTargetMethod):
         for key in ("student_temperature", "teacher_temperature", "warmup_teacher_temperature"):
             if cfg[key] <= 0:
                 raise ValueError(f"config.dino.{key}={cfg[key]} must be positive.")
-        if self.config.micro_batch_size:
-            raise ValueError("config.micro_batch_size > 0 (GradCache) does not apply to dino: set 0.")
 
     def head(self, axis_name: str | None) -> nn.Module:
         cfg = self.config.dino

@@ -85,8 +85,6 @@ class SwAV(Method):
         for key in ("temperature", "epsilon"):
             if cfg[key] <= 0:
                 raise ValueError(f"config.swav.{key}={cfg[key]} must be positive.")
-        if self.config.micro_batch_size:
-            raise ValueError("config.micro_batch_size > 0 (GradCache) does not apply to swav: set 0.")
 
     def network(self, axis_name: str | None) -> nn.Module:
         head = SwAVHead(models.build_head(self.config, axis_name), self.config.swav.num_prototypes)

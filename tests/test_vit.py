@@ -133,7 +133,7 @@ def test_drop_path_skips_whole_residual_branches_per_example_at_rates_rising_ove
 
 
 def test_drop_path_is_drawn_for_the_online_network_only_and_refuses_gradcache():
-    config = vit_method_config("byol")
+    config = vit_method_config("simclr")   # the method with GradCache
     config.model.vit.drop_path_rate = 0.3
     method = build_method(config, num_classes=10, total_steps=10)
     images = jnp.asarray(batch()["views"][0][:4])

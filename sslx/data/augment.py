@@ -40,6 +40,7 @@ CROP_ATTEMPTS = 10  # boxes tried per example before falling back to the centre 
 DCT_FACTORS = (1, 2, 4, 8)  # the downscaling factors libjpeg applies while decoding
 BLUR_TRUNCATE = 3.0  # blur kernels end at 3 sigma_max (see blur_radius)
 AFFINE_OPS = ("brightness", "contrast", "saturation")  # jitter ops; hue is the fourth, index 3
+PIECE_BYTES = 8 << 20  # float32 views augmented at a time (see in_pieces)
 _DRAWS = ("crop", "flip", "jitter", "jitter_order", "grayscale", "blur", "solarize")
 
 
@@ -223,46 +224,91 @@ def blur_radius(spec: AugmentSpec, out_size: int) -> int:
 
 
 def _augment_fn(spec: AugmentSpec, out_size: int):
-    stages = tuple(batch_stages(spec, out_size).values())
+    stages = batch_stages(spec, out_size)
 
-    def apply(images, params):
-        for stage in stages:
+    def apply_piece(images, params):
+        for stage in stages.values():
             images = stage(images, params)
         return images
-    return apply
+
+    return lambda images, params: in_pieces(apply_piece, images, params, piece_size(out_size),
+                                            piece_order(stages, params))
+
+
+def piece_order(stages: dict, params: dict[str, tf.Tensor]) -> tf.Tensor | None:
+    """Blurred views first where `stages` blur, so that the pieces without any skip the blur (half the views in
+    SimCLR's recipe)."""
+    return tf.argsort(tf.cast(~params["blur"], tf.int32), stable=True) if "blur" in stages else None
+
+
+def piece_size(out_size: int) -> int:
+    """Views per piece of a batch (`in_pieces`): PIECE_BYTES of float32 views (13 at 224 px, a batch at 32)."""
+    return max(1, PIECE_BYTES // (out_size * out_size * 3 * 4))
+
+
+def in_pieces(fn: Callable[[tf.Tensor, dict], tf.Tensor], images: tf.Tensor, params: dict[str, tf.Tensor],
+              size: int, order: tf.Tensor | None = None) -> tf.Tensor:
+    """`fn(images, params)` on pieces of `size` examples, consecutive or taken in `order` (a permutation), put
+    back in place.
+
+    At 224 px a batch of 256 views is 150 MB: each stage over the whole batch streams it through memory (and
+    faults in fresh pages), while a piece stays in cache from one stage to the next."""
+    batch = images.shape[0]
+    if batch is None or batch <= size:  # a batch of unknown size runs in one piece
+        return fn(images, params)
+    order = tf.range(batch) if order is None else order
+    pieces = [order[i:i + size] for i in range(0, batch, size)]
+    return tf.dynamic_stitch(pieces, [fn(tf.gather(images, piece), {name: tf.gather(value, piece)
+                                                                      for name, value in params.items()})
+                                      for piece in pieces])
 
 
 def batch_stages(spec: AugmentSpec, out_size: int) -> dict[str, Callable[[tf.Tensor, dict], tf.Tensor]]:
-    """The stages `augment_batch` runs in order, by name, each (images, sample_params) -> views (what
-    sslx.data.bench times): 'colour' (crop, flip, colour and grayscale as one XLA function), then 'blur' (each pass an
-    XLA function of its own, then clipping and solarize) or, without blur, 'solarize' where the spec has it.
+    """The stages `augment_batch` runs in order on each piece of a batch, by name, each (images, sample_params)
+    -> views (what sslx.data.bench times): 'crop' (crop, flip and resize, or only the cast to float), 'colour'
+    (jitter and grayscale) where the spec has any, then 'blur' (two passes, clipping, solarize) or, without blur,
+    'solarize' where the spec has it.
 
-    Fusing the elementwise chain is ~4x faster than TF's op-by-op kernels on CPU, but with both blur passes in one
-    function XLA recomputes the first pass for every tap of the second (2.2x slower at 224 px). The random draws
-    stay outside, so results do not depend on XLA's RNG."""
-    stages = {"colour": _colour_fn(spec, out_size)}
+    Each step is an XLA function (~4x faster than TF's op-by-op kernels on CPU) of its own: fused together, XLA
+    computes a producer again for every element that reads it (the crop's interpolation for each output channel
+    of the colour maps, each pixel's hue for each of its channels, the blur's first pass for every tap of the
+    second), which cost more than writing the intermediate to cache. The random draws stay outside, so results do
+    not depend on XLA's RNG."""
+    stages = {"crop": functools.partial(_crop, spec=spec, out_size=out_size)}
+    if spec.grayscale_prob > 0 or (spec.jitter_prob > 0 and any(spec.jitter_strengths().values())):
+        stages["colour"] = functools.partial(_color, spec=spec)
     radius = blur_radius(spec, out_size) if spec.blur_prob > 0 else 0
+    solarize = (lambda views, params: _finish_fn(spec, 0)(views, None, params["solarize"])) if spec.solarize_prob \
+        else (lambda views, params: views)
     if radius:
         def blur(views, params):
             kernel = _blur_kernel(tf.where(params["blur"], params["sigma"], 0.0), radius)
-            return _finish_fn(spec, radius)(_blur_pass_fn(radius)(views, kernel), kernel, params["solarize"])
+            return tf.cond(tf.reduce_any(params["blur"]),
+                           lambda: _finish_fn(spec, radius)(_blur_pass_fn(radius)(views, kernel), kernel,
+                                                            params["solarize"]),
+                           lambda: solarize(views, params))
         stages["blur"] = blur
     elif spec.solarize_prob > 0:
-        stages["solarize"] = lambda views, params: _finish_fn(spec, 0)(views, None, params["solarize"])
+        stages["solarize"] = solarize
     return stages
 
 
+def _crop(images: tf.Tensor, params: dict[str, tf.Tensor], spec: AugmentSpec, out_size: int) -> tf.Tensor:
+    """Each example's box resized to out_size and flipped, as float32 in [0, 1]; views that `random_crops` made
+    are only cast."""
+    if _is_full_frame(spec) and images.shape[1] == images.shape[2] == out_size:
+        return images if images.dtype == tf.float32 else _as_float_fn(images)
+    return _crop_and_flip_fn(out_size)(images, params["boxes"], params["flip"])
+
+
+@tf.function(jit_compile=True)
+def _as_float_fn(images: tf.Tensor) -> tf.Tensor:
+    return tf.cast(images, tf.float32) * (1 / 255 if images.dtype == tf.uint8 else 1.0)
+
+
 @functools.cache
-def _colour_fn(spec: AugmentSpec, out_size: int):
-    def apply(images, params):
-        if _is_full_frame(spec) and images.shape[1] == images.shape[2] == out_size:  # done by random_crops
-            views = tf.cast(images, tf.float32) * (1 / 255 if images.dtype == tf.uint8 else 1.0)
-        else:
-            views = _crop_and_flip(images, params["boxes"], params["flip"], out_size)
-        if spec.grayscale_prob > 0 or (spec.jitter_prob > 0 and any(spec.jitter_strengths().values())):
-            views = _color(views, params, spec)
-        return views
-    return tf.function(apply, jit_compile=True)
+def _crop_and_flip_fn(out_size: int):
+    return tf.function(lambda images, boxes, flip: _crop_and_flip(images, boxes, flip, out_size), jit_compile=True)
 
 
 @functools.cache
@@ -280,7 +326,7 @@ def _finish_fn(spec: AugmentSpec, radius: int):
 
 @functools.cache
 def _blur_pass_fn(radius: int):
-    """The blur's pass along the height, an XLA function of its own (see _augment_fn)."""
+    """The blur's pass along the height, an XLA function of its own (see batch_stages)."""
     return tf.function(lambda views, kernel: _blur_along(views, kernel, radius, axis=1), jit_compile=True)
 
 
@@ -423,15 +469,21 @@ def _color(images: tf.Tensor, params: dict[str, tf.Tensor], spec: AugmentSpec) -
     before_hue = order[:, :3] < order[:, 3:] if with_hue else tf.ones_like(order[:, :3], tf.bool)
     grey = params["grayscale"] if spec.grayscale_prob > 0 else tf.zeros_like(params["grayscale"])
     if not with_hue:
-        return _apply_affine(images, *_affine(params["factors"], before_hue, grey, images))
-    images = _apply_affine(images, *_affine(params["factors"], before_hue, tf.zeros_like(grey), images))
+        return _affine_fn(images, params["factors"], before_hue, grey)
+    images = _affine_fn(images, params["factors"], before_hue, tf.zeros_like(grey))
     images = _shift_hue(images, params["hue"])
-    return _apply_affine(images, *_affine(params["factors"], ~before_hue, grey, images))
+    return _affine_fn(images, params["factors"], ~before_hue, grey)
+
+
+@tf.function(jit_compile=True)
+def _affine_fn(images: tf.Tensor, factors: tf.Tensor, selected: tf.Tensor, grey: tf.Tensor) -> tf.Tensor:
+    return _apply_affine(images, *_affine(factors, selected, grey, _channel_means(images)))
 
 
 def _affine(factors: tf.Tensor, selected: tf.Tensor, grey: tf.Tensor,
-            images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """The selected brightness/contrast/saturation ops, then grey where `grey`, as x -> A x + t per example.
+            means: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The selected brightness/contrast/saturation ops, then grey where `grey`, as x -> A x + t per example, for
+    images of channel `means` [B,3].
 
     With P = 1 w^T (the grey value in every channel) the three ops are b I, c I + (1 - c) mean, s I + (1 - s) P:
     polynomials in P, and the mean commutes with affine maps, so without clipping between them their order does
@@ -443,33 +495,51 @@ def _affine(factors: tf.Tensor, selected: tf.Tensor, grey: tf.Tensor,
     sat = saturation[:, None, None] * eye + (1.0 - saturation)[:, None, None] * grey_rows
     sat = tf.where(grey[:, None, None], tf.matmul(grey_rows + tf.zeros_like(eye), sat), sat)
     matrix = (brightness * contrast)[:, None, None] * sat
-    offset = ((1.0 - contrast) * brightness)[:, None] * tf.linalg.matvec(sat, tf.reduce_mean(images, axis=[1, 2]))
+    offset = ((1.0 - contrast) * brightness)[:, None] * tf.linalg.matvec(sat, means)
     return matrix, offset
 
 
+def _channel_means(images: tf.Tensor) -> tf.Tensor:
+    """[B,H,W,3] -> [B,3] per-image channel means, summed as rows of up to 32 pixels first: XLA's CPU reduction
+    over H and W at once keeps 3 scalar sums and runs ~3x slower."""
+    height, width, channels = images.shape[1:]
+    pixels = math.gcd(height * width, 32)
+    rows = tf.reduce_sum(tf.reshape(images, [-1, height * width // pixels, pixels * channels]), axis=1)
+    return tf.reduce_sum(tf.reshape(rows, [-1, pixels, channels]), axis=1) / (height * width)
+
+
 def _apply_affine(images: tf.Tensor, matrix: tf.Tensor, offset: tf.Tensor) -> tf.Tensor:
-    # Written as a broadcast product rather than a matmul so that XLA fuses it with its neighbours.
-    mapped = tf.reduce_sum(images[..., None, :] * matrix[:, None, None], axis=-1) + offset[:, None, None, :]
+    # Written as each input channel times a column of the matrix: a 3-wide reduction per output value is far slower
+    # in XLA's CPU loops.
+    mapped = sum(images[..., k:k + 1] * matrix[:, None, None, :, k] for k in range(3)) + offset[:, None, None, :]
     return tf.clip_by_value(mapped, 0.0, 1.0)
 
 
 def _shift_hue(images: tf.Tensor, delta: tf.Tensor) -> tf.Tensor:
     """Rotates HSV hue by `delta` turns per example, in RGB via the hexcone formulas (S and V unchanged)."""
+    return _rgb_from_hsv_fn(_shifted_hsv_fn(images, delta))
+
+
+@tf.function(jit_compile=True)
+def _shifted_hsv_fn(images: tf.Tensor, delta: tf.Tensor) -> tf.Tensor:
+    """[B,H,W,3] RGB -> value, chroma and hue in sextants shifted by `delta` turns, as the channels."""
     red, green, blue = tf.unstack(images, axis=-1)
     value = tf.maximum(tf.maximum(red, green), blue)
     chroma = value - tf.minimum(tf.minimum(red, green), blue)
     inverse = 1.0 / tf.where(chroma > 0, chroma, 1.0)
-    # Hue in sextants: the largest channel picks the sector; then shift by the per-example delta.
+    # The largest channel picks the sector.
     hue = tf.where(value == red, (green - blue) * inverse,
                    tf.where(value == green, (blue - red) * inverse + 2.0, (red - green) * inverse + 4.0))
-    hue = hue + 6.0 * delta[:, None, None]
+    return tf.stack([value, chroma, hue + 6.0 * delta[:, None, None]], axis=-1)
+
+
+@tf.function(jit_compile=True)
+def _rgb_from_hsv_fn(hsv: tf.Tensor) -> tf.Tensor:
     # Channel n of the result: value - chroma * clip(2 - |k - 2|, 0, 1) with k = (n + hue) mod 6, n = 5, 3, 1.
-    channels = []
-    for n in (5.0, 3.0, 1.0):
-        k = hue + n
-        k = k - 6.0 * tf.floor(k * (1.0 / 6.0))
-        channels.append(value - chroma * tf.clip_by_value(2.0 - tf.abs(k - 2.0), 0.0, 1.0))
-    return tf.stack(channels, axis=-1)
+    value, chroma, hue = hsv[..., 0:1], hsv[..., 1:2], hsv[..., 2:3]
+    k = hue + tf.constant([5.0, 3.0, 1.0])
+    k = k - 6.0 * tf.floor(k * (1.0 / 6.0))
+    return value - chroma * tf.clip_by_value(2.0 - tf.abs(k - 2.0), 0.0, 1.0)
 
 
 def _blur_kernel(sigma: tf.Tensor, radius: int) -> tf.Tensor:
@@ -483,12 +553,18 @@ def _blur_kernel(sigma: tf.Tensor, radius: int) -> tf.Tensor:
 def _blur_along(images: tf.Tensor, kernel: tf.Tensor, radius: int, axis: int) -> tf.Tensor:
     """One pass of a separable Gaussian blur along `axis` (1 or 2), reflect-padded so borders keep brightness.
 
-    Written as a sum of shifted copies: inside XLA it fuses into one loop, where a depthwise convolution with
-    per-example kernels (batch folded into channels) measured several times slower.
+    Written as a sum of shifted copies of the image's rows of W x 3 values (a step along the width is 3 values):
+    inside XLA each tap is a multiply-add of contiguous vectors, where a depthwise convolution with per-example
+    kernels (batch folded into channels) measured several times slower and shifts of [B,H,W,3] ~1.6x slower.
     """
-    size = images.shape[axis]
+    height, width, channels = images.shape[1:]
     pad = [[0, 0]] * 4
     pad[axis] = [radius, radius]
     padded = tf.pad(images, pad, mode="REFLECT")
-    shifted = (lambda j: padded[:, j:j + size]) if axis == 1 else (lambda j: padded[:, :, j:j + size])
-    return sum(kernel[:, j, None, None, None] * shifted(j) for j in range(2 * radius + 1))
+    rows = tf.reshape(padded, [-1, padded.shape[1], padded.shape[2] * channels])
+    if axis == 1:
+        shifted = lambda j: rows[:, j:j + height]  # noqa: E731
+    else:
+        shifted = lambda j: rows[:, :, j * channels:(j + width) * channels]  # noqa: E731
+    blurred = sum(kernel[:, j, None, None] * shifted(j) for j in range(2 * radius + 1))
+    return tf.reshape(blurred, [-1, height, width, channels])

@@ -9,6 +9,7 @@ Pillow is installed: it is no dependency of sslx), and `feed` says whether a hos
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import io
 import json
@@ -78,8 +79,9 @@ def device_views_per_second(input_shape: tuple[int, int], image_size: int, batch
 def stage_costs(data_cfg, image_size: int, local_batch: int, *, batches: int = 8,
                 preset: str | None = None) -> dict:
     """CPU milliseconds per view of each stage of the host augmentation of variable-size JPEGs (the ImageNet path):
-    'crop' the per-image windowed decode, crop, flip and resize of two views (tf.data on every core), then, timed on
-    those views one batch after another, each stage of `augment.batch_stages` ('colour', 'blur')."""
+    'decode_crop' the per-image windowed decode, crop, flip and resize of two views (tf.data on every core), then,
+    timed on those views one batch after another, each stage of `augment.batch_stages` over the batch in pieces
+    ('crop', here only a cast, 'colour', 'blur')."""
     import tensorflow as tf
     preset = preset or _default_preset(image_size)
     spec = augment.PRESETS[preset]()
@@ -93,13 +95,16 @@ def stage_costs(data_cfg, image_size: int, local_batch: int, *, batches: int = 8
         lambda example, seed: augment.random_crops(example["image"], (spec, spec), seed, (image_size,) * 2),
         num_parallel_calls=tf.data.AUTOTUNE).batch(local_batch)
     crop_batches = iter(crops)
-    costs = {"crop": _cpu_ms_per_view(lambda: next(crop_batches), batches, 2 * local_batch)}
+    costs = {"decode_crop": _cpu_ms_per_view(lambda: next(crop_batches), batches, 2 * local_batch)}
     views = next(crop_batches)[0]
     cropped = augment.after_crop(spec)
     params = augment.sample_params(cropped, tf.constant([1, 2], tf.int64), local_batch, image_size, image_size)
-    for name, stage in augment.batch_stages(cropped, image_size).items():
-        costs[name] = _cpu_ms_per_view(lambda: stage(views, params).numpy(), batches, local_batch)
-        views = stage(views, params)   # the next stage's input
+    stages = augment.batch_stages(cropped, image_size)
+    order = augment.piece_order(stages, params)
+    for name, stage in stages.items():
+        run = functools.partial(augment.in_pieces, stage, views, params, augment.piece_size(image_size), order)
+        costs[name] = _cpu_ms_per_view(lambda: run().numpy(), batches, local_batch)
+        views = run()  # the next stage's input
     return {"mode": "host augmentation stages", "image_size": image_size, "preset": preset, "dataset": data_cfg.name,
             "cpu_ms_per_view": costs, "total_cpu_ms_per_view": round(sum(costs.values()), 3)}
 

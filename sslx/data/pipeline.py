@@ -278,7 +278,6 @@ def _to_numpy(dataset: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
     options = tf.data.Options()
     options.autotune.enabled = True
     options.threading.private_threadpool_size = 0  # TF's shared pool: all cores
-    options.threading.max_intra_op_parallelism = 1  # parallel map calls fill the cores; intra-op threads only spin
     options.experimental_optimization.map_parallelization = True
     return dataset.prefetch(AUTOTUNE).with_options(options).as_numpy_iterator()
 

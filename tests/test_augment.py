@@ -40,6 +40,27 @@ def test_eager_and_tf_data_agree():
         np.testing.assert_allclose(expected.numpy(), got.numpy(), atol=1e-6)
 
 
+def test_pieces_in_blur_order_give_the_views_of_one_piece(monkeypatch):
+    """A batch augmented piece by piece, blurred views first (in_pieces), equals the batch in one piece."""
+    images, spec = _images(24, 20), BYOL_VIEW2  # blur_prob 0.1: most pieces hold no blurred view
+    params = augment.sample_params(spec, 5, 24, 20, 20)
+    assert 0 < params["blur"].numpy().sum() < 24
+    whole = augment.apply_params(images, spec, params, 40).numpy()
+    monkeypatch.setattr(augment, "PIECE_BYTES", 5 * 40 * 40 * 3 * 4)  # pieces of 5 views, the last of 4
+    assert augment.piece_size(40) == 5
+    np.testing.assert_allclose(augment.apply_params(images, spec, params, 40).numpy(), whole, atol=1e-6)
+
+
+def test_small_images_enlarged_by_products_match_the_gathers(monkeypatch):
+    images, spec = _images(8, 16), augment.imagenet_spec()
+    params = augment.sample_params(spec, 2, 8, 16, 16)
+    products = augment._crop_and_flip(images, params["boxes"], params["flip"], 40).numpy()
+    monkeypatch.setattr(augment, "MATMUL_RESIZE_MAX_SIDE", 0)
+    gathers = augment._crop_and_flip(images, params["boxes"], params["flip"], 40).numpy()
+    np.testing.assert_allclose(products, gathers, atol=1e-6)
+    assert params["flip"].numpy().any() and not params["flip"].numpy().all()
+
+
 def test_identity_spec_returns_the_image():
     images = tf.cast(_images(), tf.float32) / 255.0
     np.testing.assert_allclose(augment.augment_batch(images, augment.identity_spec(), 0, 32).numpy(),

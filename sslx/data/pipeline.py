@@ -57,8 +57,9 @@ def pretrain_iterator(data_cfg, specs: Sequence[augment.AugmentSpec], *, local_b
                 **_positions(batch)}
 
     if _fixed_size(source):
-        # The known size lets augmentation pick its resize method when it traces (augment._crop_and_flip).
-        sized = lambda example: {**example, "image": tf.ensure_shape(example["image"], source.image_shape)}  # noqa: E731
+        def sized(example):  # the known size lets augmentation pick its resize method (augment._crop_and_flip)
+            return {**example, "image": tf.ensure_shape(example["image"], source.image_shape)}
+
         batches = _examples(source.records, source.decode, data_cfg, seed, start, then=sized).batch(
             local_batch, drop_remainder=True)
         return InputStream(_with_seeds(batches, seed, first_batch).map(views, num_parallel_calls=AUTOTUNE),

@@ -65,8 +65,9 @@ def test_stage_costs_time_each_host_augmentation_stage_of_variable_size_jpegs(tm
     cfg = ml_collections.ConfigDict({"name": "tfrecord", "path": bench.imagenet_like_records(str(tmp_path), 4),
                                      "num_classes": -1})
     costs = bench.stage_costs(cfg, 96, 4, batches=1)
-    assert list(costs["cpu_ms_per_view"]) == ["decode_crop", "crop", "colour", "blur"]  # the imagenet preset blurs
-    assert all(ms > 0 for ms in costs["cpu_ms_per_view"].values())
+    assert list(costs["cpu_ms_per_view"]) == ["decode_crop", "pieces", "crop", "colour", "blur"]  # imagenet blurs
+    # Absolute times; the later stages' are differences of timings, too noisy at this size to bound.
+    assert costs["cpu_ms_per_view"]["decode_crop"] > 0 and costs["cpu_ms_per_view"]["pieces"] > 0
     assert costs["total_cpu_ms_per_view"] == pytest.approx(sum(costs["cpu_ms_per_view"].values()), abs=2e-3)
     fixed = ml_collections.ConfigDict({"name": "digits", "num_classes": -1})
     with pytest.raises(ValueError, match="variable-size encoded images"):

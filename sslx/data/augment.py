@@ -17,9 +17,10 @@ The first three are affine colour maps, so the ops on either side of hue (and gr
 into one affine map per image. Values are therefore clipped to [0, 1] around the hue step and at the end, not
 after every op as in the reference; the two differ only where an intermediate value leaves [0, 1].
 
-Colour and grayscale run as one XLA-compiled function, each blur pass as another: on CPU, TF's op-by-op kernels
-spent ~4x longer on this elementwise chain (hue alone: 90 us/view op-by-op, 156 us/view with tf.image.adjust_hue
-per image, 20 us/view fused, at 32 px). Blur is a sum of shifted copies for the same reason.
+Each step (crop, each colour map, the hue rotation, each blur pass) is an XLA-compiled function: on CPU, TF's
+op-by-op kernels spent ~4x longer on this elementwise chain (hue alone: 90 us/view op-by-op, 156 us/view with
+tf.image.adjust_hue per image, 20 us/view fused, at 32 px). Large batches run in cache-sized pieces (`in_pieces`);
+docs/scaling.md has the 224 px figures. Blur is a sum of shifted copies for the same reason.
 
 Variable-size images (ImageNet) are cropped and flipped per image first, from their JPEG bytes (`random_crops`:
 only the crops' window is decoded), and the rest runs per batch on the cropped views (`after_crop`).

@@ -80,8 +80,9 @@ def stage_costs(data_cfg, image_size: int, local_batch: int, *, batches: int = 8
                 preset: str | None = None) -> dict:
     """CPU milliseconds per view of each stage of the host augmentation of variable-size JPEGs (the ImageNet path):
     'decode_crop' the per-image windowed decode, crop, flip and resize of two views (tf.data on every core), then,
-    timed on those views one batch after another, each stage of `augment.batch_stages` over the batch in pieces
-    ('crop', here only a cast, 'colour', 'blur')."""
+    on those views one batch after another, what each stage of `augment.batch_stages` adds to the batch step as it
+    runs (pieces in cache, blurred views first): 'pieces' taking the views into pieces and back, then 'crop' (here
+    only the float check), 'colour', 'blur' (the stages up to it timed, less those before it)."""
     import tensorflow as tf
     preset = preset or _default_preset(image_size)
     spec = augment.PRESETS[preset]()
@@ -97,16 +98,27 @@ def stage_costs(data_cfg, image_size: int, local_batch: int, *, batches: int = 8
     crop_batches = iter(crops)
     costs = {"decode_crop": _cpu_ms_per_view(lambda: next(crop_batches), batches, 2 * local_batch)}
     views = next(crop_batches)[0]
+    del crop_batches  # its prefetching threads would run on during the timings below
+    gc.collect()
     cropped = augment.after_crop(spec)
     params = augment.sample_params(cropped, tf.constant([1, 2], tf.int64), local_batch, image_size, image_size)
     stages = augment.batch_stages(cropped, image_size)
     order = augment.piece_order(stages, params)
-    for name, stage in stages.items():
-        run = functools.partial(augment.in_pieces, stage, views, params, augment.piece_size(image_size), order)
-        costs[name] = _cpu_ms_per_view(lambda: run().numpy(), batches, local_batch)
-        views = run()  # the next stage's input
+    names, before = ["pieces", *stages], 0.0
+    for count, name in enumerate(names):
+        upto = functools.partial(_run_stages, list(stages.values())[:count])
+        run = tf.function(functools.partial(augment.in_pieces, upto, views, params, augment.piece_size(image_size),
+                                            order))  # a graph, as in the tf.data pipeline
+        total = _cpu_ms_per_view(lambda: run().numpy(), batches, local_batch)
+        costs[name], before = round(total - before, 3), total
     return {"mode": "host augmentation stages", "image_size": image_size, "preset": preset, "dataset": data_cfg.name,
             "cpu_ms_per_view": costs, "total_cpu_ms_per_view": round(sum(costs.values()), 3)}
+
+
+def _run_stages(stages: list, views, params):
+    for stage in stages:
+        views = stage(views, params)
+    return views
 
 
 def _cpu_ms_per_view(make_batch, count: int, views_per_batch: int) -> float:

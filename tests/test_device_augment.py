@@ -72,11 +72,15 @@ def test_op_frequencies_match_their_probabilities():
 
 
 @pytest.mark.parametrize("spec", SPECS)
-def test_agrees_with_tf_for_the_same_parameters(spec):
-    images = _images(32, 36, 44)
-    params = augment.sample_params(spec, 3, 32, 36, 44)
-    expected = augment.apply_params(tf.constant(images), spec, params, 40).numpy()  # 40 px: upsampling, blur
-    got = device_augment.apply_params(images, spec, {k: v.numpy() for k, v in params.items()}, 40)
+@pytest.mark.parametrize("size", [(32, 36, 44, 40), (128, 8, 8, 8)])  # 40 px: upsampling, blur
+def test_agrees_with_tf_for_the_same_parameters(spec, size):
+    # At 8 px the colour maps and the hue rotation compiled as one XLA function once picked the wrong hue sector
+    # for 15% of colour views (rounding differed between two computations of the same maximum).
+    batch, height, width, out = size
+    images = _images(batch, height, width)
+    params = augment.sample_params(spec, 3, batch, height, width)
+    expected = augment.apply_params(tf.constant(images), spec, params, out).numpy()
+    got = device_augment.apply_params(images, spec, {k: v.numpy() for k, v in params.items()}, out)
     np.testing.assert_allclose(np.asarray(got), expected, atol=1e-4)
 
 

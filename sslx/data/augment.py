@@ -227,14 +227,17 @@ def blur_radius(spec: AugmentSpec, out_size: int) -> int:
 
 def _augment_fn(spec: AugmentSpec, out_size: int):
     stages = batch_stages(spec, out_size)
-
-    def apply_piece(images, params):
-        for stage in stages.values():
-            images = stage(images, params)
-        return images
-
+    apply_piece = functools.partial(run_stages, tuple(stages.values()))
     return lambda images, params: in_pieces(apply_piece, images, params, piece_size(out_size),
                                             piece_order(stages, params))
+
+
+def run_stages(stages: Sequence[Callable[[tf.Tensor, dict], tf.Tensor]], images: tf.Tensor,
+               params: dict[str, tf.Tensor]) -> tf.Tensor:
+    """`batch_stages` functions applied in turn."""
+    for stage in stages:
+        images = stage(images, params)
+    return images
 
 
 def piece_order(stages: dict, params: dict[str, tf.Tensor]) -> tf.Tensor | None:

@@ -106,19 +106,13 @@ def stage_costs(data_cfg, image_size: int, local_batch: int, *, batches: int = 8
     order = augment.piece_order(stages, params)
     names, before = ["pieces", *stages], 0.0
     for count, name in enumerate(names):
-        upto = functools.partial(_run_stages, list(stages.values())[:count])
+        upto = functools.partial(augment.run_stages, list(stages.values())[:count])
         run = tf.function(functools.partial(augment.in_pieces, upto, views, params, augment.piece_size(image_size),
                                             order))  # a graph, as in the tf.data pipeline
         total = _cpu_ms_per_view(lambda: run().numpy(), batches, local_batch)
         costs[name], before = round(total - before, 3), total
     return {"mode": "host augmentation stages", "image_size": image_size, "preset": preset, "dataset": data_cfg.name,
             "cpu_ms_per_view": costs, "total_cpu_ms_per_view": round(sum(costs.values()), 3)}
-
-
-def _run_stages(stages: list, views, params):
-    for stage in stages:
-        views = stage(views, params)
-    return views
 
 
 def _cpu_ms_per_view(make_batch, count: int, views_per_batch: int) -> float:

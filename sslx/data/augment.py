@@ -19,8 +19,8 @@ after every op as in the reference; the two differ only where an intermediate va
 
 Each step (crop, each colour map, the hue rotation, each blur pass) is an XLA-compiled function: on CPU, TF's
 op-by-op kernels spent ~4x longer on this elementwise chain (hue alone: 90 us/view op-by-op, 156 us/view with
-tf.image.adjust_hue per image, 20 us/view fused, at 32 px). Large batches run in cache-sized pieces (`in_pieces`);
-docs/scaling.md has the 224 px figures. Blur is a sum of shifted copies for the same reason.
+tf.image.adjust_hue per image, 20 us/view fused, at 32 px); blur is a sum of shifted copies for the same reason.
+Large batches run in cache-sized pieces (`in_pieces`); docs/scaling.md has the 224 px figures.
 
 Variable-size images (ImageNet) are cropped and flipped per image first, from their JPEG bytes (`random_crops`:
 only the crops' window is decoded), and the rest runs per batch on the cropped views (`after_crop`).
@@ -444,7 +444,8 @@ def _crop_and_flip(images: tf.Tensor, boxes: tf.Tensor, flip: tf.Tensor, out_siz
     """Bilinear resize of each box to [S,S,3], output corners on the centres of the box's corner pixels (as
     tf.image.crop_and_resize), written as gathers of rows then columns, or where small images are enlarged (sides
     of at most MATMUL_RESIZE_MAX_SIDE, S at least twice that) as products with each example's interpolation
-    weights: 2.2x faster from 32 to 224 px, slower from 96 px on (the weights grow with the side).
+    weights: faster where the source is small and the view large, slower from 96 px on (the weights grow with
+    the side).
 
     Why not crop_and_resize: its normalised boxes come back to pixels with rounding, so a box at the image's edge
     can sample just outside it and get a black row or column (2.6% of views at 32 px, 0.3% at 224).
@@ -525,7 +526,7 @@ def _affine(factors: tf.Tensor, selected: tf.Tensor, grey: tf.Tensor,
 
 def _channel_means(images: tf.Tensor) -> tf.Tensor:
     """[B,H,W,3] -> [B,3] per-image channel means, summed as rows of up to 32 pixels first: XLA's CPU reduction
-    over H and W at once keeps 3 scalar sums and runs ~3x slower."""
+    over H and W at once keeps 3 scalar sums and runs several times slower."""
     height, width, channels = images.shape[1:]
     pixels = math.gcd(height * width, 32)
     rows = tf.reduce_sum(tf.reshape(images, [-1, height * width // pixels, pixels * channels]), axis=1)
@@ -579,7 +580,7 @@ def _blur_along(images: tf.Tensor, kernel: tf.Tensor, radius: int, axis: int) ->
 
     Written as a sum of shifted copies of the image's rows of W x 3 values (a step along the width is 3 values):
     inside XLA each tap is a multiply-add of contiguous vectors, where a depthwise convolution with per-example
-    kernels (batch folded into channels) measured several times slower and shifts of [B,H,W,3] ~1.6x slower.
+    kernels (batch folded into channels) and shifts of [B,H,W,3] (3-wide inner loops) run slower.
     """
     height, width, channels = images.shape[1:]
     pad = [[0, 0]] * 4

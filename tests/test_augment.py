@@ -51,12 +51,13 @@ def test_pieces_in_blur_order_give_the_views_of_one_piece(monkeypatch):
     np.testing.assert_allclose(augment.apply_params(images, spec, params, 40).numpy(), whole, atol=1e-6)
 
 
-def test_small_images_enlarged_by_products_match_the_gathers(monkeypatch):
+@pytest.mark.parametrize("out_size", [40, 12])
+def test_small_images_resized_by_products_match_the_gathers(monkeypatch, out_size):
     images, spec = _images(8, 16), augment.imagenet_spec()
     params = augment.sample_params(spec, 2, 8, 16, 16)
-    products = augment._crop_and_flip(images, params["boxes"], params["flip"], 40).numpy()
+    products = augment._crop_and_flip(images, params["boxes"], params["flip"], out_size).numpy()
     monkeypatch.setattr(augment, "MATMUL_RESIZE_MAX_SIDE", 0)
-    gathers = augment._crop_and_flip(images, params["boxes"], params["flip"], 40).numpy()
+    gathers = augment._crop_and_flip(images, params["boxes"], params["flip"], out_size).numpy()
     np.testing.assert_allclose(products, gathers, atol=1e-6)
     assert params["flip"].numpy().any() and not params["flip"].numpy().all()
 

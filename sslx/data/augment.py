@@ -41,7 +41,7 @@ CROP_ATTEMPTS = 10  # boxes tried per example before falling back to the centre 
 DCT_FACTORS = (1, 2, 4, 8)  # the downscaling factors libjpeg applies while decoding
 BLUR_TRUNCATE = 3.0  # blur kernels end at 3 sigma_max (see blur_radius)
 AFFINE_OPS = ("brightness", "contrast", "saturation")  # jitter ops; hue is the fourth, index 3
-MATMUL_RESIZE_MAX_SIDE = 64  # images up to this side are enlarged by products, not gathers (_crop_and_flip)
+MATMUL_RESIZE_MAX_SIDE = 64  # images up to this side are resized along the width by a product (_crop_and_flip)
 PIECE_BYTES = 8 << 20  # float32 views augmented at a time (see in_pieces)
 _DRAWS = ("crop", "flip", "jitter", "jitter_order", "grayscale", "blur", "solarize")
 
@@ -442,10 +442,9 @@ def eval_preprocess(images: tf.Tensor, out_size: int, crop_fraction: float = 0.8
 
 def _crop_and_flip(images: tf.Tensor, boxes: tf.Tensor, flip: tf.Tensor, out_size: int) -> tf.Tensor:
     """Bilinear resize of each box to [S,S,3], output corners on the centres of the box's corner pixels (as
-    tf.image.crop_and_resize), written as gathers of rows then columns, or where small images are enlarged (sides
-    of at most MATMUL_RESIZE_MAX_SIDE, S at least twice that) as products with each example's interpolation
-    weights: faster where the source is small and the view large, slower from 96 px on (the weights grow with
-    the side).
+    tf.image.crop_and_resize), written as gathers of rows then columns, or for small images (sides of at most
+    MATMUL_RESIZE_MAX_SIDE) as a product with each example's column weights and then gathers of whole rows: a
+    gather of single pixels (3 values) is slow in XLA's CPU loops, and a product's cost grows with the side.
 
     Why not crop_and_resize: its normalised boxes come back to pixels with rounding, so a box at the image's edge
     can sample just outside it and get a black row or column (2.6% of views at 32 px, 0.3% at 224).
@@ -455,16 +454,13 @@ def _crop_and_flip(images: tf.Tensor, boxes: tf.Tensor, flip: tf.Tensor, out_siz
     rows = boxes[:, 0:1] + steps * (boxes[:, 2:3] - 1.0)
     cols = boxes[:, 1:2] + steps * (boxes[:, 3:4] - 1.0)
     cols = tf.where(flip[:, None], tf.reverse(cols, [1]), cols)
+    scale = 1 / 255 if images.dtype == tf.uint8 else 1.0
     side = max(images.shape[1] or out_size, images.shape[2] or out_size)  # unknown sides: the gathers
-    if side <= MATMUL_RESIZE_MAX_SIDE and out_size >= 2 * side:
-        # Columns first, while the rows are still few; then the rows as one [S,H] x [H,S*3] product per example.
-        views = tf.einsum("bsw,bhwc->bhsc", _interpolation_weights(cols, images.shape[2]), tf.cast(images, tf.float32))
-        views = tf.einsum("brh,bhx->brx", _interpolation_weights(rows, images.shape[1]),
-                          tf.reshape(views, [-1, images.shape[1], out_size * 3]))
-        views = tf.reshape(views, [-1, out_size, out_size, 3])
-    else:
-        views = _interpolate(_interpolate(tf.cast(images, tf.float32), rows, axis=1), cols, axis=2)
-    return views / 255.0 if images.dtype == tf.uint8 else views
+    if side <= MATMUL_RESIZE_MAX_SIDE:
+        weights = _interpolation_weights(cols, images.shape[2]) * scale
+        return _interpolate(tf.einsum("bsw,bhwc->bhsc", weights, tf.cast(images, tf.float32)), rows, axis=1)
+    views = _interpolate(_interpolate(tf.cast(images, tf.float32), rows, axis=1), cols, axis=2)
+    return views * scale
 
 
 def _interpolate(images: tf.Tensor, coords: tf.Tensor, axis: int) -> tf.Tensor:

@@ -58,6 +58,7 @@ def test_small_images_resized_by_products_match_the_gathers(monkeypatch, out_siz
     products = augment._crop_and_flip(images, params["boxes"], params["flip"], out_size).numpy()
     monkeypatch.setattr(augment, "MATMUL_RESIZE_MAX_SIDE", 0)
     gathers = augment._crop_and_flip(images, params["boxes"], params["flip"], out_size).numpy()
+    assert products.shape == gathers.shape == (8, out_size, out_size * 3)
     np.testing.assert_allclose(products, gathers, atol=1e-6)
     assert params["flip"].numpy().any() and not params["flip"].numpy().all()
 
@@ -241,6 +242,7 @@ def test_truncated_blur_kernel_moves_values_by_under_one_level():
     assert radius == 6 and int(224 * spec.blur_kernel_fraction) // 2 == 11  # SimCLR's kernel: 23 taps
     images = tf.random.stateless_uniform([2, 64, 64, 3], [0, 1])
     sigma = tf.constant([spec.blur_sigma_max, 1.0])
-    blurred = [augment._blur_along(augment._blur_along(images, augment._blur_kernel(sigma, r), r, 1),
-                                   augment._blur_kernel(sigma, r), r, 2) for r in (radius, 11)]
+    blurred = [augment._blur_along(tf.reshape(augment._blur_along(images, augment._blur_kernel(sigma, r), r, 1),
+                                              images.shape), augment._blur_kernel(sigma, r), r, 2)
+               for r in (radius, 11)]
     assert np.abs(blurred[0].numpy() - blurred[1].numpy()).max() < 1 / 255

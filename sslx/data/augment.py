@@ -283,14 +283,21 @@ def batch_stages(spec: AugmentSpec, out_size: int) -> dict[str, Callable[[tf.Ten
     if spec.grayscale_prob > 0 or (spec.jitter_prob > 0 and any(spec.jitter_strengths().values())):
         stages["colour"] = functools.partial(_color, spec=spec)
     radius = blur_radius(spec, out_size) if spec.blur_prob > 0 else 0
-    solarize = (lambda views, params: _finish_fn(spec, 0)(views, None, params["solarize"])) if spec.solarize_prob \
-        else (lambda views, params: views)
+
+    def solarize(views, params):
+        if not spec.solarize_prob:
+            return views
+        return tf.reshape(_finish_fn(spec, 0)(views, None, params["solarize"]), tf.shape(views))
+
     if radius:
+        def blurred(views, params, kernel):
+            rows = _blur_pass_fn(radius)(views, kernel)
+            return tf.reshape(_finish_fn(spec, radius)(tf.reshape(rows, tf.shape(views)), kernel, params["solarize"]),
+                              tf.shape(views))
+
         def blur(views, params):
             kernel = _blur_kernel(tf.where(params["blur"], params["sigma"], 0.0), radius)
-            return tf.cond(tf.reduce_any(params["blur"]),
-                           lambda: _finish_fn(spec, radius)(_blur_pass_fn(radius)(views, kernel), kernel,
-                                                            params["solarize"]),
+            return tf.cond(tf.reduce_any(params["blur"]), lambda: blurred(views, params, kernel),
                            lambda: solarize(views, params))
         stages["blur"] = blur
     elif spec.solarize_prob > 0:
@@ -303,7 +310,8 @@ def _crop(images: tf.Tensor, params: dict[str, tf.Tensor], spec: AugmentSpec, ou
     are only cast."""
     if _is_full_frame(spec) and images.shape[1] == images.shape[2] == out_size:
         return images if images.dtype == tf.float32 else _as_float_fn(images)
-    return _crop_and_flip_fn(out_size)(images, params["boxes"], params["flip"])
+    return tf.reshape(_crop_and_flip_fn(out_size)(images, params["boxes"], params["flip"]),
+                      [-1, out_size, out_size, 3])
 
 
 @tf.function(jit_compile=True)
@@ -319,19 +327,18 @@ def _crop_and_flip_fn(out_size: int):
 @functools.cache
 def _finish_fn(spec: AugmentSpec, radius: int):
     """The blur's pass along the width (if radius > 0), clipping (the normalised kernel can sum to 1 + eps) and
-    solarize."""
+    solarize, [B,H,W,3] -> rows [B,H,W*3] (see _blur_along)."""
     def apply(views, kernel, solarize):
-        if radius > 0:
-            views = tf.clip_by_value(_blur_along(views, kernel, radius, axis=2), 0.0, 1.0)
+        rows = tf.clip_by_value(_blur_along(views, kernel, radius, axis=2), 0.0, 1.0) if radius > 0 else _rows(views)
         if spec.solarize_prob > 0:
-            views = tf.where(solarize[:, None, None, None] & (views >= spec.solarize_threshold), 1.0 - views, views)
-        return views
+            rows = tf.where(solarize[:, None, None] & (rows >= spec.solarize_threshold), 1.0 - rows, rows)
+        return rows
     return tf.function(apply, jit_compile=True)
 
 
 @functools.cache
 def _blur_pass_fn(radius: int):
-    """The blur's pass along the height, an XLA function of its own (see batch_stages)."""
+    """The blur's pass along the height, an XLA function of its own (see batch_stages): [B,H,W,3] -> rows."""
     return tf.function(lambda views, kernel: _blur_along(views, kernel, radius, axis=1), jit_compile=True)
 
 
@@ -445,6 +452,7 @@ def _crop_and_flip(images: tf.Tensor, boxes: tf.Tensor, flip: tf.Tensor, out_siz
     tf.image.crop_and_resize), written as gathers of rows then columns, or for small images (sides of at most
     MATMUL_RESIZE_MAX_SIDE) as a product with each example's column weights and then gathers of whole rows: a
     gather of single pixels (3 values) is slow in XLA's CPU loops, and a product's cost grows with the side.
+    Returns rows [B,S,S*3] (see _blur_along).
 
     Why not crop_and_resize: its normalised boxes come back to pixels with rounding, so a box at the image's edge
     can sample just outside it and get a black row or column (2.6% of views at 32 px, 0.3% at 224).
@@ -455,18 +463,19 @@ def _crop_and_flip(images: tf.Tensor, boxes: tf.Tensor, flip: tf.Tensor, out_siz
     cols = boxes[:, 1:2] + steps * (boxes[:, 3:4] - 1.0)
     cols = tf.where(flip[:, None], tf.reverse(cols, [1]), cols)
     scale = 1 / 255 if images.dtype == tf.uint8 else 1.0
-    side = max(images.shape[1] or out_size, images.shape[2] or out_size)  # unknown sides: the gathers
-    if side <= MATMUL_RESIZE_MAX_SIDE:
-        weights = _interpolation_weights(cols, images.shape[2]) * scale
-        return _interpolate(tf.einsum("bsw,bhwc->bhsc", weights, tf.cast(images, tf.float32)), rows, axis=1)
-    views = _interpolate(_interpolate(tf.cast(images, tf.float32), rows, axis=1), cols, axis=2)
-    return views * scale
+    height, width = images.shape[1:3]
+    if height and width and max(height, width) <= MATMUL_RESIZE_MAX_SIDE:  # unknown sides: the gathers
+        columns = tf.einsum("bsw,bhwc->bhsc", _interpolation_weights(cols, width) * scale, tf.cast(images, tf.float32))
+        return _interpolate(_rows(columns), rows, axis=1)
+    return _rows(_interpolate(_interpolate(tf.cast(images, tf.float32), rows, axis=1), cols, axis=2)) * scale
 
 
 def _interpolate(images: tf.Tensor, coords: tf.Tensor, axis: int) -> tf.Tensor:
-    """Linear interpolation of [B,H,W,C] `images` along `axis` (1 or 2) at per-example indices coords [B,S]."""
+    """Linear interpolation of [B,H,W,C] or rows [B,H,W*C] `images` along `axis` (1 or 2) at per-example indices
+    coords [B,S]."""
     below = tf.floor(coords)
-    fraction = (coords - below)[:, :, None, None] if axis == 1 else (coords - below)[:, None, :, None]
+    fraction = tf.reshape(coords - below, [-1] + [1] * (axis - 1) + [coords.shape[1]]
+                          + [1] * (images.shape.rank - axis - 1))
     below = tf.cast(below, tf.int32)
     above = tf.minimum(below + 1, tf.shape(images)[axis] - 1)
     low = tf.gather(images, below, axis=axis, batch_dims=1)
@@ -538,12 +547,13 @@ def _apply_affine(images: tf.Tensor, matrix: tf.Tensor, offset: tf.Tensor) -> tf
 
 def _shift_hue(images: tf.Tensor, delta: tf.Tensor) -> tf.Tensor:
     """Rotates HSV hue by `delta` turns per example, in RGB via the hexcone formulas (S and V unchanged)."""
-    return _rgb_from_hsv_fn(_shifted_hsv_fn(images, delta))
+    return _rgb_from_hsv_fn(*_shifted_hsv_fn(images, delta))
 
 
 @tf.function(jit_compile=True)
-def _shifted_hsv_fn(images: tf.Tensor, delta: tf.Tensor) -> tf.Tensor:
-    """[B,H,W,3] RGB -> value, chroma and hue in sextants shifted by `delta` turns, as the channels."""
+def _shifted_hsv_fn(images: tf.Tensor, delta: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """[B,H,W,3] RGB -> value, chroma and hue in sextants shifted by `delta` turns, as planes [B,H,W]: XLA
+    computes each pixel once for all three (stacked as channels, once per channel)."""
     red, green, blue = tf.unstack(images, axis=-1)
     value = tf.maximum(tf.maximum(red, green), blue)
     chroma = value - tf.minimum(tf.minimum(red, green), blue)
@@ -551,16 +561,15 @@ def _shifted_hsv_fn(images: tf.Tensor, delta: tf.Tensor) -> tf.Tensor:
     # The largest channel picks the sector.
     hue = tf.where(value == red, (green - blue) * inverse,
                    tf.where(value == green, (blue - red) * inverse + 2.0, (red - green) * inverse + 4.0))
-    return tf.stack([value, chroma, hue + 6.0 * delta[:, None, None]], axis=-1)
+    return value, chroma, hue + 6.0 * delta[:, None, None]
 
 
 @tf.function(jit_compile=True)
-def _rgb_from_hsv_fn(hsv: tf.Tensor) -> tf.Tensor:
+def _rgb_from_hsv_fn(value: tf.Tensor, chroma: tf.Tensor, hue: tf.Tensor) -> tf.Tensor:
     # Channel n of the result: value - chroma * clip(2 - |k - 2|, 0, 1) with k = (n + hue) mod 6, n = 5, 3, 1.
-    value, chroma, hue = hsv[..., 0:1], hsv[..., 1:2], hsv[..., 2:3]
-    k = hue + tf.constant([5.0, 3.0, 1.0])
+    k = hue[..., None] + tf.constant([5.0, 3.0, 1.0])
     k = k - 6.0 * tf.floor(k * (1.0 / 6.0))
-    return value - chroma * tf.clip_by_value(2.0 - tf.abs(k - 2.0), 0.0, 1.0)
+    return value[..., None] - chroma[..., None] * tf.clip_by_value(2.0 - tf.abs(k - 2.0), 0.0, 1.0)
 
 
 def _blur_kernel(sigma: tf.Tensor, radius: int) -> tf.Tensor:
@@ -576,7 +585,9 @@ def _blur_along(images: tf.Tensor, kernel: tf.Tensor, radius: int, axis: int) ->
 
     Written as a sum of shifted copies of the image's rows of W x 3 values (a step along the width is 3 values):
     inside XLA each tap is a multiply-add of contiguous vectors, where a depthwise convolution with per-example
-    kernels (batch folded into channels) and shifts of [B,H,W,3] (3-wide inner loops) run slower.
+    kernels (batch folded into channels) and shifts of [B,H,W,3] (3-wide inner loops) run slower. Returns those
+    rows [B,H,W*3]: XLA's CPU loops run over the output's shape, and with 3 innermost they gather strided values
+    into each vector; callers reshape outside the XLA function, where a reshape costs nothing.
     """
     height, width, channels = images.shape[1:]
     pad = [[0, 0]] * 4
@@ -587,5 +598,9 @@ def _blur_along(images: tf.Tensor, kernel: tf.Tensor, radius: int, axis: int) ->
         shifted = lambda j: rows[:, j:j + height]  # noqa: E731
     else:
         shifted = lambda j: rows[:, :, j * channels:(j + width) * channels]  # noqa: E731
-    blurred = sum(kernel[:, j, None, None] * shifted(j) for j in range(2 * radius + 1))
-    return tf.reshape(blurred, [-1, height, width, channels])
+    return sum(kernel[:, j, None, None] * shifted(j) for j in range(2 * radius + 1))
+
+
+def _rows(images: tf.Tensor) -> tf.Tensor:
+    """[B,H,W,C] -> [B,H,W*C] (see _blur_along)."""
+    return tf.reshape(images, [-1, images.shape[1], images.shape[2] * images.shape[3]])

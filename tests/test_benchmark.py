@@ -59,7 +59,7 @@ def test_pillow_peer_runs_on_imagenet_sized_jpegs(tmp_path):
     assert peer["views_per_cpu_second"] > 0 and peer["preset"] == "imagenet"
 
 
-def test_stage_costs_time_each_host_augmentation_stage_of_variable_size_jpegs(tmp_path):
+def test_stage_costs_time_each_host_augmentation_stage_of_jpegs_and_fixed_size_images(tmp_path):
     import ml_collections
     from sslx.data import bench
     cfg = ml_collections.ConfigDict({"name": "tfrecord", "path": bench.imagenet_like_records(str(tmp_path), 4),
@@ -69,6 +69,6 @@ def test_stage_costs_time_each_host_augmentation_stage_of_variable_size_jpegs(tm
     # Absolute times; the later stages' are differences of timings, too noisy at this size to bound.
     assert costs["cpu_ms_per_view"]["decode_crop"] > 0 and costs["cpu_ms_per_view"]["pieces"] > 0
     assert costs["total_cpu_ms_per_view"] == pytest.approx(sum(costs["cpu_ms_per_view"].values()), abs=2e-3)
-    fixed = ml_collections.ConfigDict({"name": "digits", "num_classes": -1})
-    with pytest.raises(ValueError, match="variable-size encoded images"):
-        bench.stage_costs(fixed, 8, 4)
+    fixed = bench.stage_costs(ml_collections.ConfigDict({"name": "digits", "num_classes": -1}), 32, 4, batches=1,
+                              preset="imagenet")  # 8 px digits enlarged: the batched crop resizes, 32 px blurs
+    assert list(fixed["cpu_ms_per_view"]) == ["decode", "pieces", "crop", "colour", "blur"]

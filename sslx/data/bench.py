@@ -78,36 +78,44 @@ def device_views_per_second(input_shape: tuple[int, int], image_size: int, batch
 
 def stage_costs(data_cfg, image_size: int, local_batch: int, *, batches: int = 8,
                 preset: str | None = None) -> dict:
-    """CPU milliseconds per view of each stage of the host augmentation of variable-size JPEGs (the ImageNet path):
-    'decode_crop' the per-image windowed decode, crop, flip and resize of two views (tf.data on every core), then,
-    on those views one batch after another, what each stage of `augment.batch_stages` adds to the batch step as it
-    runs (pieces in cache, blurred views first): 'pieces' taking the views into pieces and back, then 'crop' (here
-    only the float check), 'colour', 'blur' (the stages up to it timed, less those before it)."""
+    """CPU milliseconds per view of each stage of the host augmentation: first 'decode_crop', for variable-size
+    JPEGs (the ImageNet path) the per-image windowed decode, crop, flip and resize of two views, or 'decode' for
+    fixed-size images (CIFAR) the batch's decode (tf.data on every core); then, on those views or images one batch
+    after another, what each stage of `augment.batch_stages` adds to the batch step as it runs (pieces in cache,
+    blurred views first): 'pieces' taking the batch into pieces and back, then 'crop' (for cropped views only the
+    float check), 'colour', 'blur' (the stages up to it timed, less those before it)."""
     import tensorflow as tf
     preset = preset or _default_preset(image_size)
     spec = augment.PRESETS[preset]()
     source = sources.load_split(data_cfg, data_cfg.get("train_split", "train"))
     shape = sources.describe(data_cfg, data_cfg.get("train_split", "train")).image_shape
-    if source.encoded is None or None not in shape[:2]:
-        raise ValueError(f"stage costs need variable-size encoded images (the per-image crop path); "
-                         f"{data_cfg.get('path') or data_cfg.name} is not")
-    seeds = tf.data.Dataset.counter().map(lambda i: tf.stack([i, 0]))
-    crops = tf.data.Dataset.zip((source.records.map(source.encoded).repeat(), seeds)).map(
-        lambda example, seed: augment.random_crops(example["image"], (spec, spec), seed, (image_size,) * 2),
-        num_parallel_calls=tf.data.AUTOTUNE).batch(local_batch)
-    crop_batches = iter(crops)
-    costs = {"decode_crop": _cpu_ms_per_view(lambda: next(crop_batches), batches, 2 * local_batch)}
-    views = next(crop_batches)[0]
-    del crop_batches  # its prefetching threads would run on during the timings below
+    if None not in shape[:2]:
+        first, first_view = "decode", lambda batch: batch
+        # The known size picks the crop's resize method, as in the pipeline (augment._crop_and_flip).
+        batches_in = source.dataset.map(lambda example: tf.ensure_shape(example["image"], shape)).repeat().batch(
+            local_batch)
+    elif source.encoded is not None:
+        first, first_view = "decode_crop", lambda views: views[0]
+        seeds = tf.data.Dataset.counter().map(lambda i: tf.stack([i, 0]))
+        batches_in = tf.data.Dataset.zip((source.records.map(source.encoded).repeat(), seeds)).map(
+            lambda example, seed: augment.random_crops(example["image"], (spec, spec), seed, (image_size,) * 2),
+            num_parallel_calls=tf.data.AUTOTUNE).batch(local_batch)
+        spec, shape = augment.after_crop(spec), (image_size, image_size)
+    else:
+        raise ValueError(f"stage costs need fixed-size or encoded images; {data_cfg.get('path') or data_cfg.name} "
+                         f"has neither")
+    input_batches = iter(batches_in)
+    costs = {first: _cpu_ms_per_view(lambda: next(input_batches), batches, 2 * local_batch)}
+    images = first_view(next(input_batches))
+    del input_batches  # its prefetching threads would run on during the timings below
     gc.collect()
-    cropped = augment.after_crop(spec)
-    params = augment.sample_params(cropped, tf.constant([1, 2], tf.int64), local_batch, image_size, image_size)
-    stages = augment.batch_stages(cropped, image_size)
+    params = augment.sample_params(spec, tf.constant([1, 2], tf.int64), local_batch, shape[0], shape[1])
+    stages = augment.batch_stages(spec, image_size)
     order = augment.piece_order(stages, params)
     names, before = ["pieces", *stages], 0.0
     for count, name in enumerate(names):
         upto = functools.partial(augment.run_stages, list(stages.values())[:count])
-        run = tf.function(functools.partial(augment.in_pieces, upto, views, params, augment.piece_size(image_size),
+        run = tf.function(functools.partial(augment.in_pieces, upto, images, params, augment.piece_size(image_size),
                                             order))  # a graph, as in the tf.data pipeline
         total = _cpu_ms_per_view(lambda: run().numpy(), batches, local_batch)
         costs[name], before = round(total - before, 3), total
@@ -283,7 +291,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--cache", action="store_true", help="decode once and keep the images in memory")
     parser.add_argument("--stages", action="store_true",
-                        help="instead: CPU ms per view of each host augmentation stage (variable-size JPEGs)")
+                        help="instead: CPU ms per view of each host augmentation stage")
     args = parser.parse_args()
     cfg = ml_collections.ConfigDict({"name": "tfrecord", "path": args.path, "shuffle_buffer": 10_000,
                                      "cache": args.cache, "num_classes": -1})

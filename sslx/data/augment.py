@@ -552,8 +552,8 @@ def _shift_hue(images: tf.Tensor, delta: tf.Tensor) -> tf.Tensor:
 
 @tf.function(jit_compile=True)
 def _shifted_hsv_fn(images: tf.Tensor, delta: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """[B,H,W,3] RGB -> value, chroma and hue in sextants shifted by `delta` turns, as planes [B,H,W]: XLA
-    computes each pixel once for all three (stacked as channels, once per channel)."""
+    """[B,H,W,3] RGB -> value, chroma and hue in sextants shifted by `delta` turns, as planes [B,H,W] (stacked as
+    channels, XLA computed each pixel's hue once per channel)."""
     red, green, blue = tf.unstack(images, axis=-1)
     value = tf.maximum(tf.maximum(red, green), blue)
     chroma = value - tf.minimum(tf.minimum(red, green), blue)

@@ -64,6 +64,9 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
                         help="compute dtype (default: float32 for --models, each recipe's own for --recipes)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per model (after 2 warm-up steps)")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds per input-pipeline measurement")
+    parser.add_argument("--input-rounds", type=int, default=1,
+                        help="time host augmentation and the Pillow peer back to back this many times and report the "
+                             "median ratio (steadier on a shared machine)")
     parser.add_argument("--json", default="", help="also write the figures to this JSON file")
     return parser.parse_args(argv)
 
@@ -227,7 +230,8 @@ def input_benchmark(args: argparse.Namespace) -> list[dict]:
         for size, path in ((32, args.data_path), (224, args.data_path_224 or None)):
             data_cfg = base_config().data
             data_cfg.name, data_cfg.path = "tfrecord", path or bench.imagenet_like_records(scratch)
-            results += bench.all_modes(data_cfg, size, args.input_batch, seconds=args.seconds)
+            results += bench.all_modes(data_cfg, size, args.input_batch, seconds=args.seconds,
+                                       rounds=args.input_rounds)
     return results
 
 

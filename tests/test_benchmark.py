@@ -59,6 +59,20 @@ def test_pillow_peer_runs_on_imagenet_sized_jpegs(tmp_path):
     assert peer["views_per_cpu_second"] > 0 and peer["preset"] == "imagenet"
 
 
+def test_rounds_time_host_augmentation_and_the_peer_back_to_back_for_a_median_ratio():
+    pytest.importorskip("PIL")
+    import ml_collections
+    from sslx.data import bench
+    cfg = ml_collections.ConfigDict({"name": "digits", "num_classes": -1, "shuffle_buffer": 100, "cache": False})
+    modes = bench.all_modes(cfg, 16, 8, seconds=0.2, rounds=3)
+    assert [mode["mode"] for mode in modes] == ["host augmentation", "host decode only (on_device)",
+                                                "device augmentation", "Pillow per-image peer (1 thread)"]
+    peer = modes[-1]
+    assert len(peer["rounds"]) == 3 and peer["rounds"][0]["sslx_host"] == modes[0]["views_per_cpu_second"]
+    assert peer["sslx_host_over_peer"] == pytest.approx(
+        sorted(r["sslx_host"] / r["peer"] for r in peer["rounds"])[1], abs=0.01)
+
+
 def test_stage_costs_time_each_host_augmentation_stage_of_jpegs_and_fixed_size_images(tmp_path):
     import ml_collections
     from sslx.data import bench

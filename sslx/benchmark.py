@@ -68,7 +68,10 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
                         help="time host augmentation and the Pillow peer back to back this many times and report the "
                              "median ratio (steadier on a shared machine)")
     parser.add_argument("--json", default="", help="also write the figures to this JSON file")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.input_rounds < 1:
+        parser.error(f"--input-rounds={args.input_rounds}: need at least 1 round")
+    return args
 
 
 def _model_config(model: str, dtype: str):

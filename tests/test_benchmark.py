@@ -25,6 +25,12 @@ def test_a_missing_recipe_file_is_a_one_line_error(tmp_path):
         benchmark.main(["--skip-input", "--models", "", "--recipes", f"{tmp_path / 'nope.py'}:16"])
 
 
+def test_zero_input_rounds_is_a_one_line_error(capsys):
+    with pytest.raises(SystemExit):
+        benchmark.main(["--input-rounds", "0"])
+    assert "--input-rounds=0: need at least 1 round" in capsys.readouterr().err
+
+
 def test_step_flops_come_from_xla_and_mfu_from_the_device_kind():
     import jax
     import jax.numpy as jnp

@@ -307,6 +307,8 @@ def main() -> None:
     parser.add_argument("--stages", action="store_true",
                         help="instead: CPU ms per view of each host augmentation stage")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds={args.rounds}: need at least 1 round")
     cfg = ml_collections.ConfigDict({"name": "tfrecord", "path": args.path, "shuffle_buffer": 10_000,
                                      "cache": args.cache, "num_classes": -1})
     if args.stages:

@@ -290,10 +290,9 @@ def batch_stages(spec: AugmentSpec, out_size: int) -> dict[str, Callable[[tf.Ten
         return tf.reshape(_finish_fn(spec, 0)(views, None, params["solarize"]), tf.shape(views))
 
     if radius:
-        def blurred(views, params, kernel):
-            rows = _blur_pass_fn(radius)(views, kernel)
-            return tf.reshape(_finish_fn(spec, radius)(tf.reshape(rows, tf.shape(views)), kernel, params["solarize"]),
-                              tf.shape(views))
+        def blurred(views, params, kernel):  # each pass returns rows (see _blur_along), back to views here
+            half = tf.reshape(_blur_pass_fn(radius)(views, kernel), tf.shape(views))
+            return tf.reshape(_finish_fn(spec, radius)(half, kernel, params["solarize"]), tf.shape(views))
 
         def blur(views, params):
             kernel = _blur_kernel(tf.where(params["blur"], params["sigma"], 0.0), radius)

@@ -241,9 +241,20 @@ def run_stages(stages: Sequence[Callable[[tf.Tensor, dict], tf.Tensor]], images:
 
 
 def piece_order(stages: dict, params: dict[str, tf.Tensor]) -> tf.Tensor | None:
-    """Blurred views first where `stages` blur, so that the pieces without any skip the blur (half the views in
-    SimCLR's recipe)."""
-    return tf.argsort(tf.cast(~params["blur"], tf.int32), stable=True) if "blur" in stages else None
+    """Views grouped by the stages they skip, so that whole pieces skip them: where `stages` blur, the blurred views
+    first (half the views in SimCLR's recipe skip the blur); where they change colour, the views they leave as they
+    are (neither jitter nor grayscale: a fifth of SimCLR's views) together in the middle. At most one piece then
+    mixes blurred and sharp views, and two mix plain and coloured ones."""
+    if "blur" not in stages and "colour" not in stages:
+        return None
+    blur = params["blur"] if "blur" in stages else tf.zeros_like(params["blur"])
+    plain = tf.cast(~_colour_changes(params), tf.int32) if "colour" in stages else tf.zeros_like(blur, tf.int32)
+    return tf.argsort(tf.where(blur, plain, 3 - plain), stable=True)  # blurred: coloured, plain; then plain, coloured
+
+
+def _colour_changes(params: dict[str, tf.Tensor]) -> tf.Tensor:
+    """Views the colour stage changes: jittered or grey (the others' factors are 1 and hue shift 0)."""
+    return params["jitter"] | params["grayscale"]
 
 
 def piece_size(out_size: int) -> int:
@@ -281,7 +292,10 @@ def batch_stages(spec: AugmentSpec, out_size: int) -> dict[str, Callable[[tf.Ten
     not depend on XLA's RNG."""
     stages = {"crop": functools.partial(_crop, spec=spec, out_size=out_size)}
     if spec.grayscale_prob > 0 or (spec.jitter_prob > 0 and any(spec.jitter_strengths().values())):
-        stages["colour"] = functools.partial(_color, spec=spec)
+        def colour(views, params):
+            return tf.cond(tf.reduce_any(_colour_changes(params)), lambda: _color(views, params, spec),
+                           lambda: views)
+        stages["colour"] = colour
     radius = blur_radius(spec, out_size) if spec.blur_prob > 0 else 0
 
     def solarize(views, params):

@@ -51,20 +51,21 @@ def test_pieces_in_blur_order_give_the_views_of_one_piece(monkeypatch):
     np.testing.assert_allclose(augment.apply_params(images, spec, params, 40).numpy(), whole, atol=1e-6)
 
 
-def test_pieces_group_plain_views_to_skip_the_colour_stage_and_give_the_same_views(monkeypatch):
-    """Views without jitter or grayscale run in pieces of their own, blurred or not, which skip the colour stage;
-    the batch still equals the batch in one piece (where the colour stage maps them to themselves)."""
-    spec = dataclasses.replace(augment.imagenet_spec(), jitter_prob=0.4, grayscale_prob=0.1)
-    images, params = _images(30, 20), augment.sample_params(spec, 3, 30, 20, 20)
+def test_pieces_group_views_by_the_colour_steps_they_skip_and_give_the_same_views(monkeypatch):
+    """Views that skip a colour step (no jitter or grayscale, hue rotation first, or last without grayscale) are
+    grouped, blurred or not, so that whole pieces skip the step; the batch still equals the batch in one piece."""
+    spec = augment.imagenet_spec()
+    images, params = _images(64, 20), augment.sample_params(spec, 3, 64, 20, 20)
     order = augment.piece_order(augment.batch_stages(spec, 40), params).numpy()
-    blur = params["blur"].numpy()[order]
-    plain = ~(params["jitter"].numpy() | params["grayscale"].numpy())[order]
-    assert sorted(order) == list(range(30)) and (np.diff(blur.astype(int)) <= 0).all()  # blurred ones first
-    assert np.count_nonzero(np.diff(plain.astype(int))) == 2 and not plain[0] and not plain[-1]  # one plain run
-    whole = augment.apply_params(images, spec, params, 40).numpy()
-    monkeypatch.setattr(augment, "PIECE_BYTES", 5 * 40 * 40 * 3 * 4)
-    assert any(plain[i:i + 5].all() for i in range(0, 30, 5))  # a piece that skips the colour stage
-    np.testing.assert_allclose(augment.apply_params(images, spec, params, 40).numpy(), whole, atol=1e-6)
+    assert sorted(order) == list(range(64)) and (np.diff(params["blur"].numpy()[order].astype(int)) <= 0).all()
+    monkeypatch.setattr(augment, "PIECE_BYTES", 4 * 40 * 40 * 3 * 4)
+    for step, most_runs in zip(augment._colour_steps(params)[1:], (1, 1, 3)):  # before hue, hue, after hue
+        skips = ~step.numpy()[order]
+        assert np.count_nonzero(np.diff(skips.astype(int)) == 1) + skips[0] <= most_runs
+        assert any(skips[i:i + 4].all() for i in range(0, 64, 4))  # a piece that skips the step
+    pieces = augment.apply_params(images, spec, params, 40).numpy()
+    monkeypatch.setattr(augment, "PIECE_BYTES", 1 << 30)
+    np.testing.assert_allclose(pieces, augment.apply_params(images, spec, params, 40).numpy(), atol=1e-6)
 
 
 @pytest.mark.parametrize("out_size", [40, 12])

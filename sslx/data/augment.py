@@ -241,20 +241,32 @@ def run_stages(stages: Sequence[Callable[[tf.Tensor, dict], tf.Tensor]], images:
 
 
 def piece_order(stages: dict, params: dict[str, tf.Tensor]) -> tf.Tensor | None:
-    """Views grouped by the stages they skip, so that whole pieces skip them: where `stages` blur, the blurred views
-    first (half the views in SimCLR's recipe skip the blur); where they change colour, the views they leave as they
-    are (neither jitter nor grayscale: a fifth of SimCLR's views) together in the middle. At most one piece then
-    mixes blurred and sharp views, and two mix plain and coloured ones."""
+    """Views grouped by the steps they skip, so that whole pieces skip them: where `stages` blur, the blurred views
+    first (half the views in SimCLR's recipe skip the blur); where they change colour, within either group the
+    views that need the same colour steps together (`_colour_steps`; in SimCLR's recipe a sixth skip all three,
+    a fifth the affine map before the hue rotation, and a sixth the one after it)."""
     if "blur" not in stages and "colour" not in stages:
         return None
     blur = params["blur"] if "blur" in stages else tf.zeros_like(params["blur"])
-    plain = tf.cast(~_colour_changes(params), tf.int32) if "colour" in stages else tf.zeros_like(blur, tf.int32)
-    return tf.argsort(tf.where(blur, plain, 3 - plain), stable=True)  # blurred: coloured, plain; then plain, coloured
+    rank = tf.zeros_like(blur, tf.int32)
+    if "colour" in stages:
+        # Steps needed (first, hue, second) as a 3-bit code, ranked so that neighbours differ by one step:
+        # first+hue, all three, hue+second, second only, none.
+        code = sum(tf.cast(step, tf.int32) * weight for step, weight in zip(_colour_steps(params)[1:], (4, 2, 1)))
+        rank = tf.gather(tf.constant([4, 3, 2, 2, 0, 1, 0, 1]), code)
+    return tf.argsort(tf.where(blur, rank, 9 - rank), stable=True)  # the sharp views in reverse: runs meet
 
 
-def _colour_changes(params: dict[str, tf.Tensor]) -> tf.Tensor:
-    """Views the colour stage changes: jittered or grey (the others' factors are 1 and hue shift 0)."""
-    return params["jitter"] | params["grayscale"]
+def _colour_steps(params: dict[str, tf.Tensor]) -> tuple[tf.Tensor, ...]:
+    """The jitter ops each view applies before the hue rotation [B,3] (all of them without a hue shift), and
+    which views each colour step changes [B]: the affine map before the rotation, the rotation, the affine map
+    after it (later jitter ops or grayscale). Views without jitter have factors 1 and no hue shift."""
+    shifted = params["hue"] != 0
+    hue_at = tf.where(shifted, params["order"][:, 3], 4)  # the step at which hue runs, after all without a shift
+    before = params["order"][:, :3] < hue_at[:, None]
+    jitter = params["jitter"]
+    return (before, jitter & tf.reduce_any(before, axis=1), shifted,
+            params["grayscale"] | (jitter & ~tf.reduce_all(before, axis=1)))
 
 
 def piece_size(out_size: int) -> int:
@@ -292,10 +304,7 @@ def batch_stages(spec: AugmentSpec, out_size: int) -> dict[str, Callable[[tf.Ten
     not depend on XLA's RNG."""
     stages = {"crop": functools.partial(_crop, spec=spec, out_size=out_size)}
     if spec.grayscale_prob > 0 or (spec.jitter_prob > 0 and any(spec.jitter_strengths().values())):
-        def colour(views, params):
-            return tf.cond(tf.reduce_any(_colour_changes(params)), lambda: _color(views, params, spec),
-                           lambda: views)
-        stages["colour"] = colour
+        stages["colour"] = functools.partial(_color, spec=spec)
     radius = blur_radius(spec, out_size) if spec.blur_prob > 0 else 0
 
     def solarize(views, params):
@@ -506,16 +515,20 @@ def _interpolation_weights(coords: tf.Tensor, length: int) -> tf.Tensor:
 
 
 def _color(images: tf.Tensor, params: dict[str, tf.Tensor], spec: AugmentSpec) -> tf.Tensor:
-    """Colour jitter then grayscale, as at most two per-image affine maps around the hue step."""
-    with_hue = spec.jitter_prob > 0 and spec.jitter_strengths()["hue"] > 0
-    order = params["order"]
-    before_hue = order[:, :3] < order[:, 3:] if with_hue else tf.ones_like(order[:, :3], tf.bool)
-    grey = params["grayscale"] if spec.grayscale_prob > 0 else tf.zeros_like(params["grayscale"])
-    if not with_hue:
-        return _affine_fn(images, params["factors"], before_hue, grey)
-    images = _affine_fn(images, params["factors"], before_hue, tf.zeros_like(grey))
-    images = _shift_hue(images, params["hue"])
-    return _affine_fn(images, params["factors"], ~before_hue, grey)
+    """Colour jitter then grayscale, as per-image affine maps before and after the hue rotation, or one map without
+    hue jitter; a step that no view of `images` needs is skipped (see piece_order)."""
+    before, first, shifted, second = _colour_steps(params)
+    factors, grey = params["factors"], params["grayscale"]
+    if not (spec.jitter_prob > 0 and spec.jitter_strengths()["hue"] > 0):
+        return _where_needed(first | second, lambda x: _affine_fn(x, factors, before, grey), images)
+    images = _where_needed(first, lambda x: _affine_fn(x, factors, before, tf.zeros_like(grey)), images)
+    images = _where_needed(shifted, lambda x: _shift_hue(x, params["hue"]), images)
+    return _where_needed(second, lambda x: _affine_fn(x, factors, ~before, grey), images)
+
+
+def _where_needed(needed: tf.Tensor, step: Callable[[tf.Tensor], tf.Tensor], images: tf.Tensor) -> tf.Tensor:
+    """`step(images)` if any example is `needed`, else `images`."""
+    return tf.cond(tf.reduce_any(needed), lambda: step(images), lambda: images)
 
 
 @tf.function(jit_compile=True)

@@ -32,6 +32,7 @@ import functools
 import math
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from sslx.config import CROP_KEYS, crop_entries
@@ -611,20 +612,26 @@ def _blur_along(images: tf.Tensor, kernel: tf.Tensor, radius: int, axis: int) ->
 
     Written as a sum of shifted copies of the image's rows of W x 3 values (a step along the width is 3 values):
     inside XLA each tap is a multiply-add of contiguous vectors, where a depthwise convolution with per-example
-    kernels (batch folded into channels) and shifts of [B,H,W,3] (3-wide inner loops) run slower. Returns those
-    rows [B,H,W*3]: XLA's CPU loops run over the output's shape, and with 3 innermost they gather strided values
-    into each vector; callers reshape outside the XLA function, where a reshape costs nothing.
+    kernels (batch folded into channels) and shifts of [B,H,W,3] (3-wide inner loops) run slower. Along the height
+    each tap gathers whole rows at reflected indices, read in place: XLA writes a padded copy of its input first
+    (half the pass's time). Returns the rows [B,H,W*3]: XLA's CPU loops run over the output's shape, and with 3
+    innermost they gather strided values into each vector; callers reshape outside the XLA function, where a
+    reshape costs nothing.
     """
     height, width, channels = images.shape[1:]
-    pad = [[0, 0]] * 4
-    pad[axis] = [radius, radius]
-    padded = tf.pad(images, pad, mode="REFLECT")
-    rows = tf.reshape(padded, [-1, padded.shape[1], padded.shape[2] * channels])
     if axis == 1:
-        shifted = lambda j: rows[:, j:j + height]  # noqa: E731
-    else:
+        rows = _rows(images)
+        shifted = lambda j: tf.gather(rows, _reflected(height, j - radius), axis=1)  # noqa: E731
+    else:  # gathers of single columns would be slower than the padded copy
+        rows = _rows(tf.pad(images, [[0, 0], [0, 0], [radius, radius], [0, 0]], mode="REFLECT"))
         shifted = lambda j: rows[:, :, j * channels:(j + width) * channels]  # noqa: E731
     return sum(kernel[:, j, None, None] * shifted(j) for j in range(2 * radius + 1))
+
+
+def _reflected(length: int, shift: int) -> np.ndarray:
+    """Indices i + shift for i < length, reflected at both ends without repeating the edge (tf.pad's REFLECT)."""
+    index = np.abs(np.arange(length) + shift)
+    return np.where(index >= length, 2 * (length - 1) - index, index).astype(np.int32)
 
 
 def _rows(images: tf.Tensor) -> tf.Tensor:

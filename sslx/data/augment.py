@@ -574,29 +574,37 @@ def _apply_affine(images: tf.Tensor, matrix: tf.Tensor, offset: tf.Tensor) -> tf
 
 def _shift_hue(images: tf.Tensor, delta: tf.Tensor) -> tf.Tensor:
     """Rotates HSV hue by `delta` turns per example, in RGB via the hexcone formulas (S and V unchanged)."""
-    return _rgb_from_hsv_fn(*_shifted_hsv_fn(images, delta))
+    return _rgb_with_hue_fn(images, _shifted_hue_fn(images, delta))
 
 
 @tf.function(jit_compile=True)
-def _shifted_hsv_fn(images: tf.Tensor, delta: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """[B,H,W,3] RGB -> value, chroma and hue in sextants shifted by `delta` turns, as planes [B,H,W] (stacked as
-    channels, XLA computed each pixel's hue once per channel)."""
+def _shifted_hue_fn(images: tf.Tensor, delta: tf.Tensor) -> tf.Tensor:
+    """[B,H,W,3] RGB -> hue in sextants shifted by `delta` turns, a plane [B,H,W]: computed once per pixel here,
+    where a function returning the rotated channels computed it once per channel (and one returning value and
+    chroma planes too read the image once for each)."""
     red, green, blue = tf.unstack(images, axis=-1)
-    value = tf.maximum(tf.maximum(red, green), blue)
-    chroma = value - tf.minimum(tf.minimum(red, green), blue)
+    value, chroma = _value_and_chroma(red, green, blue)
     inverse = 1.0 / tf.where(chroma > 0, chroma, 1.0)
     # The largest channel picks the sector.
     hue = tf.where(value == red, (green - blue) * inverse,
                    tf.where(value == green, (blue - red) * inverse + 2.0, (red - green) * inverse + 4.0))
-    return value, chroma, hue + 6.0 * delta[:, None, None]
+    return hue + 6.0 * delta[:, None, None]
 
 
 @tf.function(jit_compile=True)
-def _rgb_from_hsv_fn(value: tf.Tensor, chroma: tf.Tensor, hue: tf.Tensor) -> tf.Tensor:
+def _rgb_with_hue_fn(images: tf.Tensor, hue: tf.Tensor) -> tf.Tensor:
     # Channel n of the result: value - chroma * clip(2 - |k - 2|, 0, 1) with k = (n + hue) mod 6, n = 5, 3, 1.
+    value, chroma = (plane[..., None] for plane in _value_and_chroma(*tf.unstack(images, axis=-1)))
     k = hue[..., None] + tf.constant([5.0, 3.0, 1.0])
     k = k - 6.0 * tf.floor(k * (1.0 / 6.0))
-    return value[..., None] - chroma[..., None] * tf.clip_by_value(2.0 - tf.abs(k - 2.0), 0.0, 1.0)
+    return value - chroma * tf.clip_by_value(2.0 - tf.abs(k - 2.0), 0.0, 1.0)
+
+
+def _value_and_chroma(red: tf.Tensor, green: tf.Tensor, blue: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """HSV's value and chroma (max - min) per pixel, as maxima and minima of the channels taken one by one (a
+    reduction over the channel axis runs several times slower in XLA's CPU loops)."""
+    value = tf.maximum(tf.maximum(red, green), blue)
+    return value, value - tf.minimum(tf.minimum(red, green), blue)
 
 
 def _blur_kernel(sigma: tf.Tensor, radius: int) -> tf.Tensor:

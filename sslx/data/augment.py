@@ -621,8 +621,8 @@ def _blur_along(images: tf.Tensor, kernel: tf.Tensor, radius: int, axis: int) ->
     Written as a sum of shifted copies of the image's rows of W x 3 values (a step along the width is 3 values):
     inside XLA each tap is a multiply-add of contiguous vectors, where a depthwise convolution with per-example
     kernels (batch folded into channels) and shifts of [B,H,W,3] (3-wide inner loops) run slower. Along the height
-    each tap gathers whole rows at reflected indices, read in place: XLA writes a padded copy of its input first
-    (half the pass's time). Returns the rows [B,H,W*3]: XLA's CPU loops run over the output's shape, and with 3
+    each tap gathers whole rows at reflected indices, where they are: from a padded input, XLA first wrote a
+    padded copy (about half the pass's time). Returns the rows [B,H,W*3]: XLA's CPU loops run over the output's shape, and with 3
     innermost they gather strided values into each vector; callers reshape outside the XLA function, where a
     reshape costs nothing.
     """

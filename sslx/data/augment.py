@@ -43,7 +43,7 @@ DCT_FACTORS = (1, 2, 4, 8)  # the downscaling factors libjpeg applies while deco
 BLUR_TRUNCATE = 3.0  # blur kernels end at 3 sigma_max (see blur_radius)
 AFFINE_OPS = ("brightness", "contrast", "saturation")  # jitter ops; hue is the fourth, index 3
 MATMUL_RESIZE_MAX_SIDE = 64  # images up to this side are resized along the width by a product (_crop_and_flip)
-PIECE_BYTES = 8 << 20  # float32 views augmented at a time (see in_pieces)
+PIECE_BYTES = 4 << 20  # float32 views augmented at a time (see in_pieces)
 _DRAWS = ("crop", "flip", "jitter", "jitter_order", "grayscale", "blur", "solarize")
 
 
@@ -271,7 +271,7 @@ def _colour_steps(params: dict[str, tf.Tensor]) -> tuple[tf.Tensor, ...]:
 
 
 def piece_size(out_size: int) -> int:
-    """Views per piece of a batch (`in_pieces`): PIECE_BYTES of float32 views (13 at 224 px, a batch at 32)."""
+    """Views per piece of a batch (`in_pieces`): PIECE_BYTES of float32 views (6 at 224 px, a batch at 32)."""
     return max(1, PIECE_BYTES // (out_size * out_size * 3 * 4))
 
 

@@ -252,7 +252,8 @@ def piece_order(stages: dict, params: dict[str, tf.Tensor]) -> tf.Tensor | None:
     rank = tf.zeros_like(blur, tf.int32)
     if "colour" in stages:
         # Steps needed (first, hue, second) as a 3-bit code, ranked so that neighbours differ by one step:
-        # first+hue, all three, hue+second, second only, none.
+        # first+hue, all three, hue+second, second only, none (without a hue shift, first joins first+hue and
+        # first+second joins all three).
         code = sum(tf.cast(step, tf.int32) * weight for step, weight in zip(_colour_steps(params)[1:], (4, 2, 1)))
         rank = tf.gather(tf.constant([4, 3, 2, 2, 0, 1, 0, 1]), code)
     return tf.argsort(tf.where(blur, rank, 9 - rank), stable=True)  # the sharp views in reverse: runs meet
@@ -602,7 +603,7 @@ def _rgb_with_hue_fn(images: tf.Tensor, hue: tf.Tensor) -> tf.Tensor:
 
 def _value_and_chroma(red: tf.Tensor, green: tf.Tensor, blue: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """HSV's value and chroma (max - min) per pixel, as maxima and minima of the channels taken one by one (a
-    reduction over the channel axis runs several times slower in XLA's CPU loops)."""
+    reduction over the channel axis ran slower in XLA's CPU loops)."""
     value = tf.maximum(tf.maximum(red, green), blue)
     return value, value - tf.minimum(tf.minimum(red, green), blue)
 
@@ -622,9 +623,9 @@ def _blur_along(images: tf.Tensor, kernel: tf.Tensor, radius: int, axis: int) ->
     inside XLA each tap is a multiply-add of contiguous vectors, where a depthwise convolution with per-example
     kernels (batch folded into channels) and shifts of [B,H,W,3] (3-wide inner loops) run slower. Along the height
     each tap gathers whole rows at reflected indices, where they are: from a padded input, XLA first wrote a
-    padded copy (about half the pass's time). Returns the rows [B,H,W*3]: XLA's CPU loops run over the output's shape, and with 3
-    innermost they gather strided values into each vector; callers reshape outside the XLA function, where a
-    reshape costs nothing.
+    padded copy of the piece, a pass over memory of its own. Returns the rows [B,H,W*3]: XLA's CPU loops run over
+    the output's shape, and with 3 innermost they gather strided values into each vector; callers reshape outside
+    the XLA function, where a reshape costs nothing.
     """
     height, width, channels = images.shape[1:]
     if axis == 1:

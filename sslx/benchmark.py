@@ -3,6 +3,7 @@
     sslx-benchmark --data-path ../shared/data/cifar10            # input pipeline + both models
     sslx-benchmark --skip-input --models resnet18_cifar:128       # one train-step figure
     sslx-benchmark --skip-input --models '' --recipes configs/byol_cifar10.py:512,configs/mocov2_cifar10.py:512
+    sslx-benchmark --skip-input --models resnet50:256 --dtype bfloat16 --on-device-aug   # + views made on device
 
 The plain step is what a Flax user writes by hand for the same model and loss on one device: encoder +
 head, NT-Xent, LARS, `jax.jit(value_and_grad)`. The sslx step is `sslx.train.make_train_step` (shard_map
@@ -10,7 +11,9 @@ over the mesh, online probe, metrics). Both get the same device-resident synthet
 the framework's overhead, not the input pipeline's. `--recipes` times the sslx step of any recipe file (its
 method, heads, optimizer, model and image size) the same way, to compare methods. Each step figure comes with
 its model FLOPs utilisation: the compiled step's FLOPs per device (XLA's cost analysis) per second over the
-device's dense bfloat16 peak (PEAK_FLOPS; n/a where unknown, e.g. CPU).
+device's dense bfloat16 peak (PEAK_FLOPS; n/a where unknown, e.g. CPU). With --on-device-aug the same compiled
+step is timed again fed as `augment.on_device` feeds it, and `on_device_aug_overhead` is the share of step time the
+on-device augmentation adds.
 
 The input benchmark runs at 32 px on --data-path (CIFAR-10) and at 224 px on --data-path-224 (default: ImageNet-
 sized JPEGs written to a temporary directory), with a Pillow per-image peer where Pillow is installed. Then, per
@@ -62,6 +65,9 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
                         help="simulate this many CPU devices (sets XLA_FLAGS before JAX starts)")
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
                         help="compute dtype (default: float32 for --models, each recipe's own for --recipes)")
+    parser.add_argument("--on-device-aug", action="store_true",
+                        help="also time each step fed as augment.on_device feeds it (views made on the devices from "
+                             "the uint8 images the host ships) and report its overhead over the synthetic step")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per model (after 2 warm-up steps)")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds per input-pipeline measurement")
     parser.add_argument("--input-rounds", type=int, default=1,
@@ -80,12 +86,14 @@ def _model_config(model: str, dtype: str):
     config = base_config()
     config.model.name, config.model.cifar_stem, config.model.dtype = encoder, cifar_stem, dtype
     config.data.image_size = size
+    config.augment.preset = "cifar" if size <= 64 else "imagenet"  # the views --on-device-aug makes
     config.loss.temperature = 0.1
     return config
 
 
-def _time_steps(step, state, batch, steps: int) -> float:
-    """Seconds per step after two warm-up (compile) steps; blocks on the state to include all work."""
+def _time_steps(step, state, batch, steps: int) -> tuple[float, object]:
+    """Seconds per step after two warm-up (compile) steps, and the state after them (a donated input state is
+    gone); blocks on the state to include all work."""
     import jax
     for _ in range(2):
         state, _ = step(state, batch)
@@ -94,7 +102,7 @@ def _time_steps(step, state, batch, steps: int) -> float:
     for _ in range(steps):
         state, _ = step(state, batch)
     jax.block_until_ready(state)
-    return (time.perf_counter() - start) / steps
+    return (time.perf_counter() - start) / steps, state
 
 
 def compile_with_flops(jitted, *args):
@@ -157,14 +165,21 @@ def plain_flax_step_seconds(config, batch: dict, steps: int) -> tuple[float, flo
         return (optax.apply_updates(params, delta), new_stats, opt_state), loss
 
     compiled, flops = compile_with_flops(step, state, images)
-    return _time_steps(compiled, state, images, steps), flops
+    return _time_steps(compiled, state, images, steps)[0], flops
 
 
-def sslx_step_seconds(config, batch: dict, num_devices: int, steps: int) -> tuple[float, float]:
-    """Seconds per step and FLOPs per device of `sslx.train.make_train_step` over `num_devices`."""
+def sslx_step_seconds(config, batch: dict, num_devices: int, steps: int,
+                      on_device: bool = False) -> tuple[float, float, float | None]:
+    """Seconds per step and FLOPs per device of `sslx.train.make_train_step` over `num_devices`, and with
+    `on_device` the seconds per step fed as `config.augment.on_device` feeds it, timed right after with the same
+    compiled step: views made on the devices (`device_augment.make_views`) from the uint8 images the host ships
+    (`on_device_input_shape`), then the step, as the pretraining loop does."""
     import jax
     import jax.numpy as jnp
+    import numpy as np
     from sslx import optim, parallel
+    from sslx.config import view_sizes
+    from sslx.data import device_augment, spec_from_config
     from sslx.methods import build_method
     from sslx.train import create_train_state, make_train_step
 
@@ -178,7 +193,36 @@ def sslx_step_seconds(config, batch: dict, num_devices: int, steps: int) -> tupl
     rng = jax.random.key(1)
     state, batch = parallel.replicate(state, mesh), parallel.shard_batch(batch, mesh)
     compiled, flops = compile_with_flops(train_step, state, batch, rng)
-    return _time_steps(lambda s, b: compiled(s, b, rng), state, batch, steps), flops
+    seconds, state = _time_steps(lambda s, b: compiled(s, b, rng), state, batch, steps)
+    if not on_device:
+        return seconds, flops, None
+    make_views = device_augment.make_views(spec_from_config(config.augment), view_sizes(config.augment, size), mesh)
+    images = np.random.default_rng(0).integers(0, 256, (len(batch["label"]), *on_device_input_shape(config), 3),
+                                               np.uint8)
+    key = jax.random.key(2)
+
+    def step(state, shipped):
+        return compiled(state, {"views": make_views(key, shipped), "label": batch["label"]}, rng)
+
+    return seconds, flops, _time_steps(step, state, parallel.shard_batch(images, mesh), steps)[0]
+
+
+def on_device_input_shape(config) -> tuple[int, int]:
+    """The uint8 images the on_device host side ships for `config`: CIFAR-sized images (up to 64 px) as they are,
+    larger ones (ImageNet's) as squares of augment.host_size (default: image_size * 8 / 7, 256 for 224)."""
+    from sslx.data import pipeline
+    size = config.data.image_size
+    side = size if size <= 64 else (config.augment.get("host_size", 0) or pipeline.default_host_size(size))
+    return side, side
+
+
+def _on_device_figures(config, global_batch: int, synthetic: float, on_device: float, flops: float,
+                       kind: str) -> dict:
+    """The step with on-device augmentation next to the synthetic-batch step it otherwise equals (seconds per
+    step of each): img/s, MFU and the overhead, the fraction of step time the augmentation adds."""
+    return {"on_device_aug_input": list(on_device_input_shape(config)),
+            "on_device_aug_img_per_s": global_batch / on_device, "on_device_aug_mfu": mfu(flops, on_device, kind),
+            "on_device_aug_overhead": round(on_device / synthetic - 1.0, 4)}
 
 
 def synthetic_batch(global_batch: int, size: int) -> dict:
@@ -195,13 +239,16 @@ def step_benchmark(model: str, global_batch: int, args: argparse.Namespace) -> d
     config = _model_config(model, dtype)
     batch = synthetic_batch(global_batch, config.data.image_size)
     plain, plain_flops = plain_flax_step_seconds(config, batch, args.steps)
-    sslx, sslx_flops = sslx_step_seconds(config, batch, num_devices, args.steps)
+    sslx, sslx_flops, on_device = sslx_step_seconds(config, batch, num_devices, args.steps, args.on_device_aug)
     kind = jax.devices()[0].device_kind
-    return {"model": model, "global_batch": global_batch, "image_size": config.data.image_size,
-            "devices": num_devices, "dtype": dtype, "device_kind": kind,
-            "sslx_img_per_s": global_batch / sslx, "sslx_mfu": mfu(sslx_flops, sslx, kind),
-            "plain_flax_img_per_s": global_batch / plain, "plain_flax_mfu": mfu(plain_flops, plain, kind),
-            "sslx_vs_plain": plain / sslx, "step_gflop_per_device": float(f"{sslx_flops / 1e9:.3g}")}
+    figures = {"model": model, "global_batch": global_batch, "image_size": config.data.image_size,
+               "devices": num_devices, "dtype": dtype, "device_kind": kind,
+               "sslx_img_per_s": global_batch / sslx, "sslx_mfu": mfu(sslx_flops, sslx, kind),
+               "plain_flax_img_per_s": global_batch / plain, "plain_flax_mfu": mfu(plain_flops, plain, kind),
+               "sslx_vs_plain": plain / sslx, "step_gflop_per_device": float(f"{sslx_flops / 1e9:.3g}")}
+    if on_device:
+        figures.update(_on_device_figures(config, global_batch, sslx, on_device, sslx_flops, kind))
+    return figures
 
 
 def recipe_benchmark(path: str, global_batch: int, args: argparse.Namespace) -> dict:
@@ -215,12 +262,15 @@ def recipe_benchmark(path: str, global_batch: int, args: argparse.Namespace) -> 
     config.batch_size = global_batch
     config.model.dtype = args.dtype or config.model.dtype
     batch = synthetic_batch(global_batch, config.data.image_size)
-    seconds, flops = sslx_step_seconds(config, batch, num_devices, args.steps)
+    seconds, flops, on_device = sslx_step_seconds(config, batch, num_devices, args.steps, args.on_device_aug)
     kind = jax.devices()[0].device_kind
-    return {"recipe": path, "method": config.method, "model": config.model.name, "global_batch": global_batch,
-            "image_size": config.data.image_size, "devices": num_devices, "dtype": config.model.dtype,
-            "device_kind": kind, "sslx_img_per_s": global_batch / seconds, "sslx_mfu": mfu(flops, seconds, kind),
-            "step_gflop_per_device": float(f"{flops / 1e9:.3g}")}
+    figures = {"recipe": path, "method": config.method, "model": config.model.name, "global_batch": global_batch,
+               "image_size": config.data.image_size, "devices": num_devices, "dtype": config.model.dtype,
+               "device_kind": kind, "sslx_img_per_s": global_batch / seconds, "sslx_mfu": mfu(flops, seconds, kind),
+               "step_gflop_per_device": float(f"{flops / 1e9:.3g}")}
+    if on_device:
+        figures.update(_on_device_figures(config, global_batch, seconds, on_device, flops, kind))
+    return figures
 
 
 def input_benchmark(args: argparse.Namespace) -> list[dict]:

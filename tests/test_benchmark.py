@@ -9,15 +9,27 @@ from sslx import benchmark
 QUICKSTART = pathlib.Path(__file__).resolve().parents[1] / "configs" / "quickstart.py"
 
 
-def test_a_recipe_step_is_timed_and_written(tmp_path):
+def test_a_recipe_step_is_timed_and_written_with_its_on_device_augmentation_overhead(tmp_path):
     out = tmp_path / "bench.json"
     benchmark.main(["--skip-input", "--models", "", "--recipes", f"{QUICKSTART}:16", "--steps", "1",
-                    "--json", str(out)])
+                    "--on-device-aug", "--json", str(out)])
     (figures,) = json.loads(out.read_text())["train_step"]
     assert (figures["method"], figures["model"], figures["global_batch"], figures["image_size"],
             figures["devices"], figures["dtype"]) == ("simclr", "resnet18", 16, 8, 8, "float32")
     assert figures["sslx_img_per_s"] > 0 and figures["step_gflop_per_device"] > 0
     assert figures["sslx_mfu"] == "n/a"  # CPU: no peak to divide by
+    # The same step fed as augment.on_device feeds it: views made on the devices from the shipped uint8 images.
+    assert figures["on_device_aug_input"] == [8, 8] and figures["on_device_aug_img_per_s"] > 0
+    assert figures["on_device_aug_overhead"] == pytest.approx(
+        figures["sslx_img_per_s"] / figures["on_device_aug_img_per_s"] - 1, abs=1e-3)
+
+
+def test_on_device_augmentation_is_timed_from_what_the_host_ships():
+    config = benchmark._model_config("resnet50", "bfloat16")
+    assert benchmark.on_device_input_shape(config) == (256, 256)  # a 256 px square for 224 px views
+    config.augment.host_size = 288
+    assert benchmark.on_device_input_shape(config) == (288, 288)
+    assert benchmark.on_device_input_shape(benchmark._model_config("resnet18_cifar", "float32")) == (32, 32)
 
 
 def test_a_missing_recipe_file_is_a_one_line_error(tmp_path):

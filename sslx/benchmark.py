@@ -186,7 +186,8 @@ def sslx_step_seconds(config, batch: dict, num_devices: int, steps: int,
     mesh = parallel.make_mesh(jax.devices()[:num_devices])
     schedule = optim.warmup_cosine(0.1, 10, 1000)
     optimizer = optim.make_optimizer(config.optim, schedule)
-    method = build_method(config, num_classes=10, total_steps=1000)
+    # Settings given in epochs (DINO's teacher temperature warm-up) count 100 steps per epoch here.
+    method = build_method(config, num_classes=10, total_steps=1000, steps_per_epoch=100)
     size = config.data.image_size
     state = create_train_state(method, optimizer, jax.random.key(0), jnp.zeros((2, size, size, 3)))
     train_step = make_train_step(method, optimizer, schedule, mesh)
@@ -225,10 +226,12 @@ def _on_device_figures(config, global_batch: int, synthetic: float, on_device: f
             "on_device_aug_overhead": round(on_device / synthetic - 1.0, 4)}
 
 
-def synthetic_batch(global_batch: int, size: int) -> dict:
+def synthetic_batch(global_batch: int, sizes: tuple[int, ...]) -> dict:
+    """Random float32 views of the given sides (a recipe's `config.view_sizes`: two, or a multi-crop's) and
+    labels."""
     import numpy as np
     rng = np.random.default_rng(0)
-    return {"views": tuple(rng.uniform(size=(global_batch, size, size, 3)).astype(np.float32) for _ in range(2)),
+    return {"views": tuple(rng.uniform(size=(global_batch, size, size, 3)).astype(np.float32) for size in sizes),
             "label": rng.integers(0, 10, size=(global_batch,)).astype(np.int32)}
 
 
@@ -237,7 +240,7 @@ def step_benchmark(model: str, global_batch: int, args: argparse.Namespace) -> d
     num_devices = args.devices or jax.device_count()
     dtype = args.dtype or "float32"
     config = _model_config(model, dtype)
-    batch = synthetic_batch(global_batch, config.data.image_size)
+    batch = synthetic_batch(global_batch, (config.data.image_size,) * 2)
     plain, plain_flops = plain_flax_step_seconds(config, batch, args.steps)
     sslx, sslx_flops, on_device = sslx_step_seconds(config, batch, num_devices, args.steps, args.on_device_aug)
     kind = jax.devices()[0].device_kind
@@ -253,7 +256,7 @@ def step_benchmark(model: str, global_batch: int, args: argparse.Namespace) -> d
 
 def recipe_benchmark(path: str, global_batch: int, args: argparse.Namespace) -> dict:
     import jax
-    from sslx.config import load_recipe
+    from sslx.config import load_recipe, view_sizes
     try:
         config = load_recipe(path)
     except FileNotFoundError as error:
@@ -261,7 +264,7 @@ def recipe_benchmark(path: str, global_batch: int, args: argparse.Namespace) -> 
     num_devices = args.devices or jax.device_count()
     config.batch_size = global_batch
     config.model.dtype = args.dtype or config.model.dtype
-    batch = synthetic_batch(global_batch, config.data.image_size)
+    batch = synthetic_batch(global_batch, view_sizes(config.augment, config.data.image_size))
     seconds, flops, on_device = sslx_step_seconds(config, batch, num_devices, args.steps, args.on_device_aug)
     kind = jax.devices()[0].device_kind
     figures = {"recipe": path, "method": config.method, "model": config.model.name, "global_batch": global_batch,

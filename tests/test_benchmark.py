@@ -24,6 +24,31 @@ def test_a_recipe_step_is_timed_and_written_with_its_on_device_augmentation_over
         figures["sslx_img_per_s"] / figures["on_device_aug_img_per_s"] - 1, abs=1e-3)
 
 
+TINY_DINO = """
+from sslx.config import load_recipe, use_dino_crops
+
+
+def get_config():
+    c = load_recipe("quickstart")
+    c.method = "dino"
+    use_dino_crops(c.augment, global_size=8, global_area=(0.4, 1.0), local_count=2, local_size=4,
+                   local_area=(0.1, 0.4))
+    c.dino.out_dim, c.dino.hidden_dim, c.dino.bottleneck_dim = 32, 16, 8
+    c.dino.warmup_teacher_temperature_epochs = 2   # in epochs: the benchmark needs its steps per epoch
+    return c
+"""
+
+
+def test_a_multi_crop_recipe_step_gets_its_views_and_epochs(tmp_path):
+    recipe = tmp_path / "tiny_dino.py"
+    recipe.write_text(TINY_DINO)
+    out = tmp_path / "bench.json"
+    benchmark.main(["--skip-input", "--models", "", "--recipes", f"{recipe}:8", "--steps", "1", "--on-device-aug",
+                    "--json", str(out)])
+    (figures,) = json.loads(out.read_text())["train_step"]
+    assert figures["method"] == "dino" and figures["sslx_img_per_s"] > 0 and figures["on_device_aug_img_per_s"] > 0
+
+
 def test_on_device_augmentation_is_timed_from_what_the_host_ships():
     config = benchmark._model_config("resnet50", "bfloat16")
     assert benchmark.on_device_input_shape(config) == (256, 256)  # a 256 px square for 224 px views

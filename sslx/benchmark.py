@@ -261,6 +261,9 @@ def recipe_benchmark(path: str, global_batch: int, args: argparse.Namespace) -> 
         config = load_recipe(path)
     except FileNotFoundError as error:
         sys.exit(f"sslx-benchmark: error: {error} (in --recipes)")
+    if "method" not in config or "model" not in config:
+        sys.exit(f"sslx-benchmark: error: {path} is not a pretraining recipe (it has no config.method and "
+                 f"config.model): --recipes times pretraining steps, e.g. configs/simclr_cifar10.py")
     num_devices = args.devices or jax.device_count()
     config.batch_size = global_batch
     config.model.dtype = args.dtype or config.model.dtype

@@ -62,6 +62,12 @@ def test_a_missing_recipe_file_is_a_one_line_error(tmp_path):
         benchmark.main(["--skip-input", "--models", "", "--recipes", f"{tmp_path / 'nope.py'}:16"])
 
 
+def test_a_stage_recipe_is_a_one_line_error():
+    linear_eval = QUICKSTART.parent / "linear_eval_cifar10.py"
+    with pytest.raises(SystemExit, match=r"linear_eval_cifar10\.py is not a pretraining recipe.*--recipes times"):
+        benchmark.main(["--skip-input", "--models", "", "--recipes", f"{linear_eval}:16"])
+
+
 def test_zero_input_rounds_is_a_one_line_error(capsys):
     with pytest.raises(SystemExit):
         benchmark.main(["--input-rounds", "0"])

@@ -253,6 +253,33 @@ def test_random_crops_decode_only_the_window_like_a_full_decode(out_size):
                                    np.stack(augment.random_crops(tf.constant(image), specs, seed, sizes)), atol=1e-6)
 
 
+@pytest.mark.parametrize("size", [400, 300, 64, 700])
+def test_random_square_decodes_only_the_square_like_a_full_decode(size):
+    """on_device's host square: a random square of the shorter side, the same from JPEG bytes (only the square
+    decoded; at 300 and 64 px shrunk 2x and 8x while decoding, which changes pixels slightly), PNG bytes and
+    pixels; area-averaged where it shrinks (from 600 px) and bilinear where it grows (700)."""
+    image = _smooth_image(600, 800)
+    jpeg, png = tf.io.encode_jpeg(image, quality=95), tf.io.encode_png(image)
+    offsets = set()
+    for seed in range(4):
+        seed = tf.constant([seed, 7], tf.int64)
+        square = augment.random_square(tf.constant(image), seed, size).numpy()
+        assert square.shape == (size, size, 3) and square.dtype == np.uint8
+        np.testing.assert_array_equal(augment.random_square(png, seed, size).numpy(), square)
+        from_jpeg = augment.random_square(jpeg, seed, size).numpy().astype(float)
+        full = augment.random_square(tf.io.decode_jpeg(jpeg), seed, size).numpy().astype(float)
+        shrunk = 600 >= 2 * size
+        assert np.abs(from_jpeg - full).max() <= (12 if shrunk else 3) and np.abs(from_jpeg - full).mean() < 2
+        # Which square: the one whose area average (or bilinear enlargement) this is.
+        offset = int(tf.cast(tf.random.stateless_uniform([2], seed) * [1.0, 201.0], tf.int32)[1])
+        crop = image[:, offset:offset + 600]
+        method = "bilinear" if size > 600 else "area"
+        expected = tf.saturate_cast(tf.round(tf.image.resize(crop, [size, size], method=method)), tf.uint8)
+        np.testing.assert_array_equal(square, expected.numpy())
+        offsets.add(offset)
+    assert len(offsets) == 4  # the square moves along the longer side
+
+
 def test_truncated_blur_kernel_moves_values_by_under_one_level():
     spec = augment.imagenet_spec()
     radius = augment.blur_radius(spec, 224)

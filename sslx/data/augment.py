@@ -412,6 +412,50 @@ def random_crops(image: tf.Tensor, specs: Sequence[AugmentSpec], seed: Any,
     return tf.cond(tf.io.is_jpeg(image), jpeg, other)
 
 
+def random_square(image: tf.Tensor, seed: tf.Tensor, size: int) -> tf.Tensor:
+    """A square of the shorter side of `image` (uint8 [H,W,3] or its encoded bytes) at a random place along the
+    longer one, resized to uint8 [size, size, 3]: what the on_device host side ships of a variable-size image.
+
+    JPEG bytes decode only the square, shrunk while decoding by 2, 4 or 8 where the square is at least that many
+    times `size` (DCT-domain scaling). Shrinking averages pixel areas (tf.image.resize's 'area'): antialiased, and
+    about twice as fast as its antialias=True filter; growing is bilinear.
+    """
+    def place(height, width):
+        side = tf.minimum(height, width)
+        spare = tf.cast(tf.stack([height, width]) - side, tf.float32)
+        return tf.cast(tf.random.stateless_uniform([2], seed) * (spare + 1.0), tf.int32), side
+
+    def pixels(decoded):
+        offset, side = place(tf.shape(decoded)[0], tf.shape(decoded)[1])
+        return _resized_square(decoded[offset[0]:offset[0] + side, offset[1]:offset[1] + side], size)
+
+    if image.dtype != tf.string:
+        return pixels(image)
+
+    def jpeg():
+        shape = tf.io.extract_jpeg_shape(image)
+        offset, side = place(shape[0], shape[1])
+        shrink = tf.reduce_sum([tf.cast(side >= factor * size, tf.int32) for factor in DCT_FACTORS[1:]])
+        return tf.switch_case(shrink, [functools.partial(_decode_square, image, offset, side, size, factor)
+                                       for factor in DCT_FACTORS])
+
+    return tf.cond(tf.io.is_jpeg(image), jpeg,
+                   lambda: pixels(tf.io.decode_image(image, channels=3, expand_animations=False)))
+
+
+def _decode_square(encoded: tf.Tensor, offset: tf.Tensor, side: tf.Tensor, size: int, factor: int) -> tf.Tensor:
+    """The square at `offset` of `side` pixels decoded at 1/factor scale (inside libjpeg's ceil(side / factor)
+    output), resized to `size`."""
+    window = tf.concat([offset // factor, tf.fill([2], side // factor)], axis=0)
+    return _resized_square(tf.io.decode_and_crop_jpeg(encoded, window, channels=3, ratio=factor), size)
+
+
+def _resized_square(square: tf.Tensor, size: int) -> tf.Tensor:
+    resized = tf.cond(tf.shape(square)[0] < size, lambda: tf.image.resize(square, [size, size]),
+                      lambda: tf.image.resize(square, [size, size], method="area"))
+    return tf.saturate_cast(tf.round(resized), tf.uint8)
+
+
 def crop_boxes(specs: Sequence[AugmentSpec], seeds: Sequence[tf.Tensor], height, width) -> tuple[tf.Tensor, list]:
     """`random_crops`'s choices for an image of height x width: int32 [V,4] boxes (top, left, height, width) and a
     flip flag per view, view v drawn from seeds[v] (exposed so tests can count them)."""

@@ -49,8 +49,7 @@ def pretrain_iterator(data_cfg, specs: Sequence[augment.AugmentSpec], *, local_b
     locate = _locator(source.records, source.decode, data_cfg, seed)
     if on_device:
         host_size = host_size or default_host_size(image_size)
-        examples = _examples(source.records, source.decode, data_cfg, seed, start)
-        return InputStream(_device_inputs(examples, source, local_batch, seed, host_size), start, locate)
+        return InputStream(_device_inputs(source, data_cfg, local_batch, seed, start, host_size), start, locate)
 
     def views(batch, batch_seed):
         return {"views": augment.augment_views(batch["image"], specs, batch_seed, sizes), "label": batch["label"],
@@ -192,23 +191,18 @@ def default_host_size(image_size: int) -> int:
     return round(image_size * 8 / 7)
 
 
-def _device_inputs(examples: tf.data.Dataset, source: sources.Source, local_batch: int, seed: tf.Tensor,
+def _device_inputs(source: sources.Source, data_cfg, local_batch: int, seed: tf.Tensor, start: Position,
                    host_size: int) -> tf.data.Dataset:
-    """Batches {'image': uint8 [B,S,S,3], 'label'} to augment on device: decoding is all the host does."""
+    """Batches {'image': uint8 [B,S,S,3], 'label'} to augment on device: decoding is all the host does (and for
+    variable-size images a random square of the shorter side, `augment.random_square`)."""
     if _fixed_size(source):
-        return examples.batch(local_batch, drop_remainder=True)
+        return _examples(source.records, source.decode, data_cfg, seed, start).batch(local_batch, drop_remainder=True)
 
     def square(example):
-        image = example["image"]
-        shape = tf.shape(image)
-        side = tf.minimum(shape[0], shape[1])
-        spare = tf.cast(shape[:2] - side, tf.float32)
-        offset = tf.cast(tf.random.stateless_uniform([2], _record_seed(seed, example)) * (spare + 1.0), tf.int32)
-        crop = image[offset[0]:offset[0] + side, offset[1]:offset[1] + side]
-        resized = tf.image.resize(crop, [host_size, host_size], antialias=True)  # antialias: mostly shrinking
-        return {**example, "image": tf.saturate_cast(tf.round(resized), tf.uint8)}
+        return {**example, "image": augment.random_square(example["image"], _record_seed(seed, example), host_size)}
 
-    return examples.map(square, num_parallel_calls=AUTOTUNE).batch(local_batch, drop_remainder=True)
+    return _examples(source.records, _reader(source, data_cfg), data_cfg, seed, start, then=square).batch(
+        local_batch, drop_remainder=True)
 
 
 def _fixed_size(source: sources.Source) -> bool:

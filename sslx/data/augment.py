@@ -451,6 +451,7 @@ def _decode_square(encoded: tf.Tensor, offset: tf.Tensor, side: tf.Tensor, size:
 
 
 def _resized_square(square: tf.Tensor, size: int) -> tf.Tensor:
+    """uint8 [size, size, 3]: area averages where `square` shrinks, bilinear where it grows."""
     resized = tf.cond(tf.shape(square)[0] < size, lambda: tf.image.resize(square, [size, size]),
                       lambda: tf.image.resize(square, [size, size], method="area"))
     return tf.saturate_cast(tf.round(resized), tf.uint8)

@@ -418,7 +418,7 @@ def random_square(image: tf.Tensor, seed: tf.Tensor, size: int) -> tf.Tensor:
 
     JPEG bytes decode only the square, shrunk while decoding by 2, 4 or 8 where the square is at least that many
     times `size` (DCT-domain scaling). Shrinking averages pixel areas (tf.image.resize's 'area'): antialiased, and
-    about twice as fast as its antialias=True filter; growing is bilinear.
+    much cheaper than its antialias=True filter; growing is bilinear.
     """
     def place(height, width):
         side = tf.minimum(height, width)

@@ -82,11 +82,12 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
 
 def _model_config(model: str, dtype: str):
     from sslx.config import base_config
+    from sslx.data import bench
     encoder, cifar_stem, size = MODELS[model]
     config = base_config()
     config.model.name, config.model.cifar_stem, config.model.dtype = encoder, cifar_stem, dtype
     config.data.image_size = size
-    config.augment.preset = "cifar" if size <= 64 else "imagenet"  # the views --on-device-aug makes
+    config.augment.preset = bench.default_preset(size)  # the views --on-device-aug makes
     config.loss.temperature = 0.1
     return config
 

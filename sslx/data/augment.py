@@ -398,11 +398,9 @@ def random_crops(image: tf.Tensor, specs: Sequence[AugmentSpec], seed: Any,
     def jpeg():
         shape = tf.io.extract_jpeg_shape(image)
         boxes, flips = crop_boxes(specs, seeds, shape[0], shape[1])
-        sides = tf.reduce_min(boxes[:, 2:], axis=1)
-        shrink = tf.reduce_sum([tf.cast(tf.reduce_all(sides >= [f * size for size in sizes]), tf.int32)
-                                for f in DCT_FACTORS[1:]])
-        return tf.switch_case(shrink, [functools.partial(_decode_crops, image, shape, boxes, flips, sizes, factor)
-                                       for factor in DCT_FACTORS])
+        return tf.switch_case(_dct_shrink(tf.reduce_min(boxes[:, 2:], axis=1), sizes),
+                              [functools.partial(_decode_crops, image, shape, boxes, flips, sizes, factor)
+                               for factor in DCT_FACTORS])
 
     def other():
         decoded = tf.io.decode_image(image, channels=3, expand_animations=False)
@@ -435,9 +433,9 @@ def random_square(image: tf.Tensor, seed: tf.Tensor, size: int) -> tf.Tensor:
     def jpeg():
         shape = tf.io.extract_jpeg_shape(image)
         offset, side = place(shape[0], shape[1])
-        shrink = tf.reduce_sum([tf.cast(side >= factor * size, tf.int32) for factor in DCT_FACTORS[1:]])
-        return tf.switch_case(shrink, [functools.partial(_decode_square, image, offset, side, size, factor)
-                                       for factor in DCT_FACTORS])
+        return tf.switch_case(_dct_shrink(side[None], [size]),
+                              [functools.partial(_decode_square, image, offset, side, size, factor)
+                               for factor in DCT_FACTORS])
 
     return tf.cond(tf.io.is_jpeg(image), jpeg,
                    lambda: pixels(tf.io.decode_image(image, channels=3, expand_animations=False)))
@@ -455,6 +453,13 @@ def _resized_square(square: tf.Tensor, size: int) -> tf.Tensor:
     resized = tf.cond(tf.shape(square)[0] < size, lambda: tf.image.resize(square, [size, size]),
                       lambda: tf.image.resize(square, [size, size], method="area"))
     return tf.saturate_cast(tf.round(resized), tf.uint8)
+
+
+def _dct_shrink(sides: tf.Tensor, sizes: Sequence[int]) -> tf.Tensor:
+    """The index in DCT_FACTORS of the largest factor libjpeg may shrink by while decoding: every crop side
+    sides[v] at least that factor times its output side sizes[v]."""
+    return tf.reduce_sum([tf.cast(tf.reduce_all(sides >= [factor * size for size in sizes]), tf.int32)
+                          for factor in DCT_FACTORS[1:]])
 
 
 def crop_boxes(specs: Sequence[AugmentSpec], seeds: Sequence[tf.Tensor], height, width) -> tuple[tf.Tensor, list]:

@@ -33,7 +33,7 @@ def pipeline_views_per_second(data_cfg, image_size: int, local_batch: int, *, se
 
     `preset` picks both views' augmentation; by default 'cifar' up to 64 px and 'imagenet' (with blur) above.
     """
-    preset = preset or _default_preset(image_size)
+    preset = preset or default_preset(image_size)
     specs = (augment.PRESETS[preset](),) * 2
     batches = pipeline.pretrain_iterator(data_cfg, specs, local_batch=local_batch, image_size=image_size, seed=0,
                                          on_device=on_device)
@@ -61,7 +61,7 @@ def device_views_per_second(input_shape: tuple[int, int], image_size: int, batch
                             preset: str | None = None) -> dict:
     """Views/s of the jitted on-device augmentation (device_augment.augment_views) on JAX's default backend, for
     uint8 inputs of `input_shape` (what the on_device host pipeline ships); CPU seconds matter on the CPU backend."""
-    preset = preset or _default_preset(image_size)
+    preset = preset or default_preset(image_size)
     specs = (augment.PRESETS[preset](),) * 2
     images = jax.device_put(np.random.default_rng(0).integers(0, 256, (batch, *input_shape, 3), np.uint8))
     two_views = jax.jit(device_augment.augment_views, static_argnums=(2, 3))
@@ -86,7 +86,7 @@ def stage_costs(data_cfg, image_size: int, local_batch: int, *, batches: int = 8
     blurred views first): 'pieces' taking the batch into pieces and back, then 'crop' (for cropped views only the
     float check), 'colour', 'blur' (the stages up to it timed, less those before it)."""
     import tensorflow as tf
-    preset = preset or _default_preset(image_size)
+    preset = preset or default_preset(image_size)
     spec = augment.PRESETS[preset]()
     source = sources.load_split(data_cfg, data_cfg.get("train_split", "train"))
     shape = sources.describe(data_cfg, data_cfg.get("train_split", "train")).image_shape
@@ -173,7 +173,7 @@ def pil_views_per_second(data_cfg, image_size: int, *, seconds: float = 10.0, pr
     except ImportError:
         return None
     import tensorflow as tf
-    spec = augment.PRESETS[preset or _default_preset(image_size)]()
+    spec = augment.PRESETS[preset or default_preset(image_size)]()
     source = sources.load_split(data_cfg, data_cfg.get("train_split", "train"))
     read = source.encoded or (lambda record: {"image": tf.io.encode_jpeg(source.decode(record)["image"])})
     jpegs = [example["image"] for example in source.records.take(max_images).map(read).as_numpy_iterator()]
@@ -183,7 +183,7 @@ def pil_views_per_second(data_cfg, image_size: int, *, seconds: float = 10.0, pr
         count += len(_pil_two_views(jpegs[count // 2 % len(jpegs)], spec, image_size, rng))
     return {"mode": "Pillow per-image peer (1 thread)", "image_size": image_size,
             "views_per_cpu_second": round(count / (time.process_time() - start)),
-            "preset": preset or _default_preset(image_size), "dataset": data_cfg.name}
+            "preset": preset or default_preset(image_size), "dataset": data_cfg.name}
 
 
 def _pil_two_views(jpeg: bytes, spec: augment.AugmentSpec, size: int, rng: random.Random) -> list[np.ndarray]:
@@ -265,7 +265,8 @@ def choose(host_aug: dict, host_decode: dict) -> str:
     return "augment.on_device=True, and the host still limits the step: more CPU cores per device are needed"
 
 
-def _default_preset(image_size: int) -> str:
+def default_preset(image_size: int) -> str:
+    """The augmentation the benchmarks time at `image_size`: SimCLR's CIFAR setting up to 64 px, ImageNet's above."""
     return "cifar" if image_size <= 64 else "imagenet"
 
 

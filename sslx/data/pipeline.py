@@ -195,14 +195,14 @@ def _device_inputs(source: sources.Source, data_cfg, local_batch: int, seed: tf.
                    host_size: int) -> tf.data.Dataset:
     """Batches {'image': uint8 [B,S,S,3], 'label'} to augment on device: decoding is all the host does (and for
     variable-size images a random square of the shorter side, `augment.random_square`)."""
-    if _fixed_size(source):
-        return _examples(source.records, source.decode, data_cfg, seed, start).batch(local_batch, drop_remainder=True)
-
     def square(example):
         return {**example, "image": augment.random_square(example["image"], _record_seed(seed, example), host_size)}
 
-    return _examples(source.records, _reader(source, data_cfg), data_cfg, seed, start, then=square).batch(
-        local_batch, drop_remainder=True)
+    if _fixed_size(source):
+        examples = _examples(source.records, source.decode, data_cfg, seed, start)
+    else:
+        examples = _examples(source.records, _reader(source, data_cfg), data_cfg, seed, start, then=square)
+    return examples.batch(local_batch, drop_remainder=True)
 
 
 def _fixed_size(source: sources.Source) -> bool:
